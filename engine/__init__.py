@@ -1,0 +1,1 @@
+"""The training side of slimneck-yolo: data, loss, metrics, trainer, plots."""

@@ -18,7 +18,7 @@ counted in a one-line summary; loading goes on:
 - a box that reaches outside the image by less than the tolerance: clipped to the image and kept;
 - a row whose box has no area (after clipping): removed; exact duplicate rows: removed.
 
-The label cache is ``labels/<split>.cache`` next to the labels folder (an ``.npz`` file read with
+The label cache is ``labels/<split>.slimneck.cache`` next to the labels folder (an ``.npz`` file read with
 ``allow_pickle=False``), keyed by a hash of every image and label path, size and mtime plus nc. It is
 written atomically and is always safe to delete.
 """
@@ -394,9 +394,10 @@ def _is_number(text: str) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 def label_cache_path(label_files: Sequence[Path]) -> Path:
-    """Where the scan result of a split is cached: ``<labels folder>.cache`` next to the first label's folder."""
+    """Where the scan result of a split is cached: ``<labels folder>.slimneck.cache`` next to the first label's
+    folder. The name differs from YOLOv5's ``<labels folder>.cache`` so both engines can share a dataset."""
     folder = Path(label_files[0]).parent
-    return folder.with_name(folder.name + ".cache")
+    return folder.with_name(folder.name + ".slimneck.cache")
 
 
 def files_fingerprint(image_files: Sequence[Path], label_files: Sequence[Path], num_classes: int | None) -> str:

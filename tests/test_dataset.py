@@ -123,7 +123,7 @@ def test_label_cache_is_hit_on_the_second_load_and_rebuilt_after_a_label_change(
     images = make_split(tmp_path, "train", 4)
     caplog.set_level(logging.INFO)
     first = YoloDataset(tmp_path / "images" / "train", imgsz=64, num_classes=3)
-    cache_file = tmp_path / "labels" / "train.cache"
+    cache_file = tmp_path / "labels" / "train.slimneck.cache"
     assert not first.cache_hit and cache_file.is_file()
     assert not any(path.suffix == ".tmp" for path in cache_file.parent.iterdir())
 
@@ -314,7 +314,7 @@ def test_plots_are_written(tmp_path):
 def test_label_cache_write_is_atomic_and_fast_to_reuse(tmp_path):
     make_split(tmp_path, "train", 30)
     YoloDataset(tmp_path / "images" / "train", imgsz=64)
-    cache_file = tmp_path / "labels" / "train.cache"
+    cache_file = tmp_path / "labels" / "train.slimneck.cache"
     stamp = cache_file.stat().st_mtime_ns
     time.sleep(0.01)
     assert YoloDataset(tmp_path / "images" / "train", imgsz=64).cache_hit

@@ -1,0 +1,188 @@
+"""Train-parity benchmark: our engine against upstream YOLOv5 7.0 on the same data, epochs, image size, batch and seed.
+
+    python -m benchmarks.train_parity --epochs 30 --imgsz 320 --batch 16
+        [--cfg yolov5n.yaml] [--data data/shapes.yaml] [--peer ../shared/peer/yolov5.sh] [--out runs/parity]
+
+Both engines train from scratch with hyp.scratch-low and validate only after the last epoch (--noval), so the
+timed part is training. The upstream peer runs offline from its own venv (../shared/peer/README.md); it is never a
+dependency of this project. Reported per engine: train images/second (images seen / wall time of the epoch loop as
+each engine logs it), the engine's own mAP50 and mAP50-95 of its final weights, and mAP50-95 of its own predictions
+(conf 0.001, IoU 0.6, max 300) scored by one COCO evaluator (pycocotools) against the same ground truth.
+Prints a table and the ratios ours / upstream. Needs an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("parity")
+
+
+def run(command: list[str], log_file: Path) -> tuple[float, str]:
+    """Run a command, tee its output to ``log_file``; returns (wall seconds, output)."""
+    logger.info("$ %s", " ".join(command))
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    output = result.stdout + result.stderr
+    log_file.write_text(output)
+    if result.returncode:
+        raise RuntimeError(f"command failed ({result.returncode}); see {log_file}:\n{output[-3000:]}")
+    return seconds, output
+
+
+def epochs_hours(output: str) -> float:
+    match = re.search(r"(\d+) epochs completed in ([0-9.]+) hours", output)
+    if not match:
+        raise RuntimeError("no 'N epochs completed in X hours' line in the training log")
+    return float(match.group(2))
+
+
+def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> dict:
+    """pycocotools mAP of ``predictions`` (image ids from each file stem, 0-based category ids)."""
+    import cv2
+    import numpy as np
+
+    from engine.coco import assign_image_ids, evaluate_coco, yolo_to_coco_gt
+    from engine.dataset import image_to_label_path, parse_label_file
+
+    labels, shapes = [], []
+    for image in val_images:
+        height, width = cv2.imread(str(image)).shape[:2]
+        shapes.append((height, width))
+        label_file = image_to_label_path(image)
+        labels.append(parse_label_file(label_file, data["nc"])[0] if label_file.exists()
+                      else np.zeros((0, 5), np.float32))
+    ground_truth, ids = yolo_to_coco_gt(val_images, labels, shapes, data["names"])
+    remapped = []
+    for record in predictions:
+        image_id = record["image_id"]
+        image_id = ids[str(image_id)] if str(image_id) in ids else image_id
+        remapped.append({**record, "image_id": image_id})
+    return evaluate_coco(ground_truth, remapped)
+
+
+def our_predictions(weights: Path, data: dict, imgsz: int, batch: int) -> tuple[list[dict], dict]:
+    import torch
+
+    from engine.dataloader import create_dataloader
+    from engine.validate import evaluate
+    from models.weights import load_model
+
+    model, _ = load_model(weights, fuse=True)
+    loader, _ = create_dataloader(data["val"], imgsz, batch, 32, rect=True, pad=0.5, workers=2,
+                                  num_classes=data["nc"])
+    records: list[dict] = []
+
+    def on_image(path: str, shape, detections) -> None:
+        records.extend(_records(Path(path).stem, detections))
+
+    result = evaluate(model, loader, model.num_classes, model.names, torch.device("cpu"), on_image=on_image,
+                      progress=False)
+    return records, result.metrics
+
+
+def _records(stem: str, detections) -> list[dict]:
+    rows = []
+    for x1, y1, x2, y2, score, cls in detections.tolist():
+        rows.append({"image_id": stem, "category_id": int(cls),
+                     "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                     "score": round(score, 5)})
+    return rows
+
+
+def peer_results(run_dir: Path) -> tuple[float, float]:
+    import csv
+
+    rows = list(csv.reader((run_dir / "results.csv").open()))
+    header = [h.strip() for h in rows[0]]
+    last = [v.strip() for v in rows[-1]]
+    return float(last[header.index("metrics/mAP_0.5")]), float(last[header.index("metrics/mAP_0.5:0.95")])
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cfg", default="yolov5n.yaml")
+    parser.add_argument("--data", default="data/shapes.yaml")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--peer", default=str(ROOT.parent / "shared" / "peer" / "yolov5.sh"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "parity"))
+    parser.add_argument("--skip-ours", action="store_true", help="reuse an earlier run of our engine in --out")
+    parser.add_argument("--skip-peer", action="store_true", help="reuse an earlier peer run in --out")
+    options = parser.parse_args(argv)
+
+    from engine.dataset import load_data_config
+
+    out = Path(options.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data_config(options.data)
+    common = ["--epochs", str(options.epochs), "--imgsz", str(options.imgsz), "--batch-size", str(options.batch),
+              "--seed", str(options.seed), "--workers", str(options.workers), "--device", "cpu", "--noval",
+              "--exist-ok"]
+    results = {}
+
+    ours_dir = out / "ours"
+    if not options.skip_ours:
+        _, output = run([sys.executable, "train.py", "--cfg", options.cfg, "--data", options.data, "--project",
+                         str(out), "--name", "ours", "--quiet", *common], out / "ours.log")
+    output = (out / "ours.log").read_text()
+    predictions, metrics = our_predictions(ours_dir / "weights" / "best.pt", data, options.imgsz, 32)
+    results["ours"] = {"hours": epochs_hours(output), "map50": metrics["map50"], "map": metrics["map"],
+                       "coco": coco_score(data["val"], predictions, data)["map"]}
+
+    peer_dir = out / "peer"
+    peer_data = out / "peer_data.yaml"
+    peer_list = out / "peer_lists"
+    peer_list.mkdir(exist_ok=True)
+    (peer_list / "train.txt").write_text("\n".join(str(p) for p in data["train"]) + "\n")
+    (peer_list / "val.txt").write_text("\n".join(str(p) for p in data["val"]) + "\n")
+    peer_data.write_text(json.dumps({"path": str(peer_list), "train": "train.txt", "val": "val.txt",
+                                     "names": dict(enumerate(data["names"]))}))
+    if not options.skip_peer:
+        run(["bash", options.peer, "train", "--cfg", options.cfg, "--weights", "", "--data", str(peer_data),
+             "--project", str(out), "--name", "peer", *common], out / "peer.log")
+        run(["bash", options.peer, "val", "--weights", str(peer_dir / "weights" / "best.pt"), "--data", str(peer_data),
+             "--imgsz", str(options.imgsz), "--save-json", "--project", str(out), "--name", "peer-val", "--exist-ok",
+             "--device", "cpu"], out / "peer-val.log")
+    peer_output = (out / "peer.log").read_text()
+    val_output = (out / "peer-val.log").read_text()
+    match = re.search(r"\ball\s+\d+\s+\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)\s+([0-9.]+)", val_output)
+    peer_predictions = json.loads((out / "peer-val" / "best_predictions.json").read_text())
+    results["peer"] = {"hours": epochs_hours(peer_output),
+                       "map50": float(match.group(1)) if match else peer_results(peer_dir)[0],
+                       "map": float(match.group(2)) if match else peer_results(peer_dir)[1],
+                       "coco": coco_score(data["val"], peer_predictions, data)["map"]}
+
+    images = options.epochs * len(data["train"])
+    lines = [f"{options.cfg}, {options.epochs} epochs, {options.imgsz} px, batch {options.batch}, seed {options.seed}, "
+             f"{len(data['train'])} train / {len(data['val'])} val images, CPU",
+             "| engine | train img/s | mAP50 (own) | mAP50-95 (own) | mAP50-95 (pycocotools) |", "|---|---|---|---|---|"]
+    for name, label in (("ours", "slimneck-yolo"), ("peer", "upstream YOLOv5 7.0")):
+        r = results[name]
+        r["images_per_second"] = images / (r["hours"] * 3600)
+        lines.append(f"| {label} | {r['images_per_second']:.1f} | {r['map50']:.4f} | {r['map']:.4f} | {r['coco']:.4f} |")
+    ours, peer = results["ours"], results["peer"]
+    lines.append(f"| ours / upstream | {ours['images_per_second'] / peer['images_per_second']:.3f} | "
+                 f"{ours['map50'] / max(peer['map50'], 1e-9):.3f} | {ours['map'] / max(peer['map'], 1e-9):.3f} | "
+                 f"{ours['coco'] / max(peer['coco'], 1e-9):.3f} |")
+    table = "\n".join(lines)
+    (out / "parity.md").write_text(table + "\n")
+    (out / "parity.json").write_text(json.dumps(results, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Optimizer with YOLOv5's three parameter groups, learning-rate schedules and warm-up."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+NOMINAL_BATCH_SIZE = 64
+
+
+def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937,
+                    weight_decay: float = 5e-4) -> torch.optim.Optimizer:
+    """Groups: 0 = biases (no decay), 1 = conv/linear weights (decay), 2 = normalisation weights (no decay).
+
+    Decaying BatchNorm scales or biases only shrinks them towards zero for no regularisation benefit.
+    """
+    biases, weights, norm_weights = [], [], []
+    norm_types = tuple(v for k, v in vars(nn).items() if "Norm" in k and isinstance(v, type))
+    for module in model.modules():
+        for parameter_name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad:
+                continue
+            if parameter_name == "bias":
+                biases.append(parameter)
+            elif isinstance(module, norm_types):
+                norm_weights.append(parameter)
+            else:
+                weights.append(parameter)
+    if name == "SGD":
+        optimizer = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name == "Adam":
+        optimizer = torch.optim.Adam(biases, lr=lr, betas=(momentum, 0.999))
+    elif name == "AdamW":
+        optimizer = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose SGD, Adam or AdamW")
+    optimizer.add_param_group({"params": weights, "weight_decay": weight_decay})
+    optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
+    return optimizer
+
+
+def lr_lambda(epochs: int, lrf: float, cosine: bool = False):
+    """Multiplier of lr0 at a (fractional) epoch: linear from 1 to lrf, or a cosine from 1 to lrf."""
+    if cosine:
+        return lambda epoch: ((1 - math.cos(epoch * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return lambda epoch: (1 - epoch / epochs) * (1.0 - lrf) + lrf
+
+
+def apply_warmup(optimizer: torch.optim.Optimizer, iteration: int, warmup_iterations: int, epoch: int,
+                 schedule, hyp: dict) -> None:
+    """Warm-up of YOLOv5: bias lr falls from warmup_bias_lr to the scheduled lr, other groups rise from 0;
+    SGD momentum rises from warmup_momentum to momentum."""
+    points = [0, warmup_iterations]
+    for index, group in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if index == 0 else 0.0
+        group["lr"] = float(np.interp(iteration, points, [start, group["initial_lr"] * schedule(epoch)]))
+        if "momentum" in group:
+            group["momentum"] = float(np.interp(iteration, points, [hyp["warmup_momentum"], hyp["momentum"]]))

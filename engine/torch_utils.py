@@ -1,0 +1,79 @@
+"""Device selection, seeding and distributed-training helpers."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+
+def select_device(device: str = "", batch_size: int | None = None) -> torch.device:
+    """'' -> first CUDA device if any else CPU; 'cpu'; '0' or '0,1' (CUDA indices); 'mps'.
+
+    Under torchrun each process takes the CUDA device of its LOCAL_RANK.
+    """
+    text = str(device).strip().lower().replace("cuda:", "")
+    if text == "cpu" or (text == "" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if text == "mps":
+        return torch.device("mps")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r} asks for CUDA, but torch.cuda.is_available() is False; "
+                         "use --device cpu")
+    indices = [int(i) for i in text.split(",") if i.strip()] or [0]
+    for index in indices:
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"CUDA device {index} requested, {torch.cuda.device_count()} available")
+    local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    chosen = indices[local_rank] if 0 <= local_rank < len(indices) else indices[0]
+    return torch.device(f"cuda:{chosen}")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def distributed_info() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun environment; (-1, -1, 1) outside it."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        return -1, -1, 1
+    return int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world_size
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the torchrun process group: NCCL on CUDA, gloo on CPU."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    logger.info("DDP: rank %d/%d, backend %s, device %s", dist.get_rank(), dist.get_world_size(), backend, device)
+
+
+@contextmanager
+def rank_zero_first(rank: int) -> Iterator[None]:
+    """Let rank 0 do something first (e.g. build a dataset cache) while the others wait."""
+    if rank > 0:
+        dist.barrier()
+    yield
+    if rank == 0:
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DataParallel / DistributedDataParallel."""
+    return model.module if isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel)) else model

@@ -1,0 +1,434 @@
+"""The training engine behind train.py: the YOLOv5 recipe (REFERENCE.md section 5) on one CPU/GPU or under torchrun."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from tqdm import tqdm
+
+from engine.autoanchor import check_anchor_order, check_anchors
+from engine.dataloader import create_dataloader
+from engine.dataset import load_data_config
+from engine.ema import ModelEMA
+from engine.loss import YoloLoss
+from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, lr_lambda
+from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device,
+                                unwrap)
+from engine.validate import evaluate, save_plots
+from models.yolo import DetectionModel
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
+RESULT_COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
+                  "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
+                  "val/cls_loss", "x/lr0", "x/lr1", "x/lr2"]
+
+
+@dataclass
+class TrainOptions:
+    """Everything train.py accepts (YOLOv5 flag names). Plain types only: stored in checkpoints and opt.yaml."""
+
+    data: str = "data/shapes.yaml"
+    cfg: str = ""
+    weights: str = ""
+    hyp: str = str(DEFAULT_HYP)
+    epochs: int = 100
+    batch_size: int = 16
+    imgsz: int = 640
+    device: str = ""
+    workers: int = 8
+    project: str = str(ROOT / "runs" / "train")
+    name: str = "exp"
+    exist_ok: bool = False
+    resume: str | bool = False
+    seed: int = 0
+    optimizer: str = "SGD"
+    cos_lr: bool = False
+    patience: int = 100
+    save_period: int = -1
+    freeze: list[int] = field(default_factory=lambda: [0])
+    cache: str | None = None
+    single_cls: bool = False
+    noautoanchor: bool = False
+    noval: bool = False
+    noplots: bool = False
+    label_smoothing: float = 0.0
+    quiet: bool = False
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C once last.pt has been written."""
+
+
+def increment_path(path: Path, exist_ok: bool = False) -> Path:
+    """runs/train/exp -> exp2, exp3, ... unless ``exist_ok`` or the folder does not exist yet."""
+    if exist_ok or not path.exists():
+        return path
+    for number in range(2, 10_000):
+        candidate = path.with_name(f"{path.name}{number}")
+        if not candidate.exists():
+            return candidate
+    raise RuntimeError(f"no free run folder next to {path}")
+
+
+def load_hyp(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        alternative = ROOT / "data" / "hyps" / path.name
+        if not alternative.is_file():
+            raise FileNotFoundError(f"hyperparameter file {path} not found (shipped: data/hyps/*.yaml)")
+        path = alternative
+    hyp = yaml.safe_load(path.read_text())
+    if not isinstance(hyp, dict):
+        raise ValueError(f"{path}: a hyperparameter YAML must be a mapping")
+    return hyp
+
+
+def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
+    """--resume with no value: the newest last.pt under the project; a run folder; or a last.pt path."""
+    if resume is True or resume == "":
+        candidates = sorted(Path(project).glob("*/weights/last.pt"), key=os.path.getmtime)
+        if not candidates:
+            raise FileNotFoundError(f"--resume: no */weights/last.pt under {project}; pass the run folder or last.pt")
+        return candidates[-1]
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "weights" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist")
+    return path
+
+
+class Trainer:
+    """Set up from ``TrainOptions``, then ``run()``; returns the final metrics of best.pt."""
+
+    def __init__(self, options: TrainOptions):
+        from models.weights import load_checkpoint
+
+        self.rank, self.local_rank, self.world_size = distributed_info()
+        self.is_main = self.rank in (-1, 0)
+        self.resume_state = None
+        if options.resume:
+            checkpoint_path = find_resume_checkpoint(options.resume, options.project)
+            self.resume_state = load_checkpoint(checkpoint_path)
+            saved = self.resume_state["options"]
+            saved.update(resume=str(checkpoint_path), exist_ok=True, device=options.device or saved.get("device", ""),
+                         workers=options.workers)
+            options = TrainOptions(**{k: v for k, v in saved.items() if k in TrainOptions.__dataclass_fields__})
+            options.name = Path(checkpoint_path).parent.parent.name
+            options.project = str(Path(checkpoint_path).parent.parent.parent)
+            logger.info("Resuming %s from epoch %d", checkpoint_path, self.resume_state["epoch"] + 1)
+        self.options = options
+        self.device = select_device(options.device)
+        if self.world_size > 1:
+            init_distributed(self.device)
+        self.amp = self.device.type == "cuda"
+        self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(options.hyp)
+        self.hyp.setdefault("label_smoothing", options.label_smoothing)
+        seed_everything(options.seed + 1 + max(self.rank, 0))
+
+        self.save_dir = Path(options.project) / options.name
+        if not self.resume_state:
+            self.save_dir = increment_path(self.save_dir, options.exist_ok)
+        self.weights_dir = self.save_dir / "weights"
+        if self.is_main:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+            (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
+            (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(asdict(options), sort_keys=False))
+
+        with rank_zero_first(self.rank) if self.world_size > 1 else _null():
+            self.data = load_data_config(options.data)
+        self.names = ["item"] if options.single_cls else self.data["names"]
+        self.num_classes = len(self.names)
+        self.model = self._build_model()
+        self.grid_size = max(int(self.model.stride.max()), 32)
+        self.imgsz = math.ceil(options.imgsz / self.grid_size) * self.grid_size
+        if self.imgsz != options.imgsz:
+            logger.warning("--imgsz %d is not a multiple of the max stride %d; using %d", options.imgsz,
+                           self.grid_size, self.imgsz)
+        self._freeze(options.freeze)
+
+    # ------------------------------------------------------------------ setup
+    def _build_model(self) -> DetectionModel:
+        from models.weights import load_model
+
+        options = self.options
+        if self.resume_state:
+            model = DetectionModel(self.resume_state["model_cfg"], num_classes=self.num_classes, names=self.names)
+            model.load_state_dict(self.resume_state["model"])
+        elif options.weights:
+            model, _ = load_model(options.weights, cfg=options.cfg or None, num_classes=self.num_classes)
+            model.names = list(self.names)
+        elif options.cfg:
+            model = DetectionModel(options.cfg, num_classes=self.num_classes, names=self.names)
+        else:
+            raise ValueError("give --cfg (a model YAML) and/or --weights (a checkpoint)")
+        return model.to(self.device)
+
+    def _freeze(self, freeze: list[int]) -> None:
+        layers = list(range(freeze[0])) if len(freeze) == 1 else list(freeze)
+        prefixes = tuple(f"layers.{index}." for index in layers)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(not name.startswith(prefixes))
+            if name.startswith(prefixes):
+                logger.debug("freezing %s", name)
+
+    def _dataloaders(self):
+        options = self.options
+        per_rank_batch = options.batch_size // self.world_size
+        with rank_zero_first(self.rank) if self.world_size > 1 else _null():
+            train_loader, train_set = create_dataloader(
+                self.data["train"], self.imgsz, per_rank_batch, self.grid_size, hyp=self.hyp, augment=True,
+                cache=options.cache, rank=self.rank, workers=options.workers, shuffle=True, seed=options.seed,
+                single_cls=options.single_cls, prefix="train: ", num_classes=self.data["nc"])
+        val_loader = None
+        if self.is_main:
+            val_loader, _ = create_dataloader(
+                self.data["val"], self.imgsz, per_rank_batch * 2, self.grid_size, hyp=self.hyp, augment=False,
+                cache=options.cache, rect=True, pad=0.5, rank=-1, workers=options.workers,
+                single_cls=options.single_cls, prefix="val: ", num_classes=self.data["nc"])
+        return train_loader, train_set, val_loader
+
+    # ------------------------------------------------------------------ training
+    def run(self) -> dict:
+        options, hyp, device = self.options, self.hyp, self.device
+        train_loader, train_set, val_loader = self._dataloaders()
+        if self.is_main:
+            if not options.noplots and not self.resume_state:
+                from engine.visualize import plot_labels
+                plot_labels(train_set.labels, self.names, self.save_dir / "labels.jpg")
+        head = self.model.head
+        if not self.resume_state:
+            if not options.noautoanchor or head.anchors_generated:
+                check_anchors(train_set, head, thr=hyp["anchor_t"], image_size=self.imgsz)
+            check_anchor_order(head)
+        if self.world_size > 1:  # every rank must use rank 0's anchors
+            dist.broadcast(head.anchors, 0)
+
+        accumulate = max(round(NOMINAL_BATCH_SIZE / options.batch_size), 1)
+        weight_decay = hyp["weight_decay"] * options.batch_size * accumulate / NOMINAL_BATCH_SIZE
+        optimizer = build_optimizer(self.model, options.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
+        schedule = lr_lambda(options.epochs, hyp["lrf"], options.cos_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
+        ema = ModelEMA(self.model) if self.is_main else None
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        start_epoch, best_fitness, last_step = 0, 0.0, -1
+        if self.resume_state:
+            state = self.resume_state
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if ema is not None and state.get("ema") is not None:
+                ema.ema.load_state_dict(state["ema"])
+                ema.updates = state["ema_updates"]
+            start_epoch, best_fitness = state["epoch"] + 1, state["best_fitness"]
+            last_step = state["extra"].get("last_step", -1)
+            scaler_state = state["extra"].get("grad_scaler")
+            if scaler_state:
+                scaler.load_state_dict(scaler_state)
+            if start_epoch >= options.epochs:
+                raise ValueError(f"{options.resume} already finished its {options.epochs} epochs; nothing to resume")
+
+        model = self.model
+        if self.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device] if device.type == "cuda" else None)
+        loss_fn = YoloLoss(self.model.head, hyp, image_size=self.imgsz)
+        batches = len(train_loader)
+        warmup_iterations = max(round(hyp["warmup_epochs"] * batches), 100)
+        stopper = EarlyStopping(options.patience, best_fitness, start_epoch - 1)
+        results_csv = self.save_dir / "results.csv"
+        images_seen, train_seconds = 0, 0.0
+        final = {}
+        if self.is_main:
+            logger.info("Image sizes %d train, %d val; %d dataloader workers; logging to %s\nStarting training for "
+                        "%d epochs...", self.imgsz, self.imgsz, train_loader.num_workers, self.save_dir,
+                        options.epochs)
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, options.epochs):
+                epoch_start = time.perf_counter()
+                model.train()
+                self._seed_epoch(train_loader, epoch)
+                mean_loss = torch.zeros(3, device=device)
+                optimizer.zero_grad()
+                bar = tqdm(enumerate(train_loader), total=batches, disable=not self.is_main or options.quiet,
+                           bar_format="{l_bar}{bar:10}{r_bar}")
+                for i, (images, targets, paths, _) in bar:
+                    iteration = i + batches * epoch
+                    images = images.to(device, non_blocking=True).float() / 255
+                    if iteration <= warmup_iterations:
+                        accumulate = max(1, int(np.interp(iteration, [0, warmup_iterations],
+                                                          [1, NOMINAL_BATCH_SIZE / options.batch_size]).round()))
+                        apply_warmup(optimizer, iteration, warmup_iterations, epoch, schedule, hyp)
+                    with torch.autocast(device_type=device.type, enabled=self.amp):
+                        predictions = model(images)
+                    loss, loss_items = loss_fn(predictions, targets.to(device))
+                    if self.world_size > 1:
+                        loss = loss * self.world_size  # DDP averages gradients across ranks
+                    scaler.scale(loss).backward()
+                    if iteration - last_step >= accumulate:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad()
+                        if ema is not None:
+                            ema.update(self.model)
+                        last_step = iteration
+                    mean_loss = (mean_loss * i + loss_items) / (i + 1)
+                    images_seen += images.shape[0]
+                    if self.is_main:
+                        memory = f"{torch.cuda.memory_reserved(device) / 1e9:.3g}G" if device.type == "cuda" else "0G"
+                        bar.set_description(f"{epoch + 1}/{options.epochs} {memory} box {mean_loss[0]:.4f} "
+                                            f"obj {mean_loss[1]:.4f} cls {mean_loss[2]:.4f} inst {targets.shape[0]}")
+                        if epoch == start_epoch and i < 3 and not options.noplots:
+                            from engine.visualize import plot_batch
+                            plot_batch(images, targets, paths, self.save_dir / f"train_batch{i}.jpg", self.names)
+                learning_rates = [group["lr"] for group in optimizer.param_groups]
+                scheduler.step()
+                train_seconds += time.perf_counter() - epoch_start
+
+                if self.is_main:
+                    final_epoch = epoch + 1 == options.epochs
+                    result = None
+                    if not options.noval or final_epoch:
+                        result = self._validate(ema.ema, val_loader, loss_fn)
+                    metrics = result.metrics if result else {"precision": 0, "recall": 0, "map50": 0, "map": 0,
+                                                             "fitness": 0.0}
+                    val_losses = result.losses if result else [0.0, 0.0, 0.0]
+                    fitness = metrics["fitness"]
+                    self._append_results(results_csv, epoch, mean_loss.tolist(), metrics, val_losses,
+                                         learning_rates)
+                    improved = fitness > best_fitness
+                    best_fitness = max(best_fitness, fitness)
+                    checkpoint = self._checkpoint(epoch, best_fitness, ema, optimizer, scheduler,
+                                                  last_step=last_step, grad_scaler=scaler.state_dict())
+                    self._save(checkpoint, self.weights_dir / "last.pt")
+                    if improved or not (self.weights_dir / "best.pt").exists():
+                        self._save(checkpoint, self.weights_dir / "best.pt")
+                    if options.save_period > 0 and (epoch + 1) % options.save_period == 0:
+                        self._save(checkpoint, self.weights_dir / f"epoch{epoch + 1}.pt")
+                    stop = stopper(epoch, fitness)
+                else:
+                    stop = False
+                if self.world_size > 1:
+                    flag = torch.tensor([int(stop)], device=device)
+                    dist.broadcast(flag, 0)
+                    stop = bool(flag.item())
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            if self.is_main and ema is not None:
+                # the unfinished epoch is re-run on resume, so the next optimizer step must come as scheduled
+                state = self._checkpoint(epoch - 1, best_fitness, ema, optimizer, scheduler,
+                                         last_step=min(last_step, epoch * batches - 1),
+                                         grad_scaler=scaler.state_dict(), interrupted_in_epoch=epoch)
+                self._save(state, self.weights_dir / "last.pt")
+                logger.warning("Interrupted: saved %s (resume with --resume %s)", self.weights_dir / "last.pt",
+                               self.save_dir)
+            raise TrainingInterrupted() from None
+        finally:
+            if self.world_size > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+
+        if self.is_main:
+            final = self._finish(val_loader, loss_fn, epoch - start_epoch + 1, train_seconds, images_seen)
+        return final
+
+    def _seed_epoch(self, loader, epoch: int) -> None:
+        """Derive every random stream of an epoch from (seed, epoch), so a resumed run replays the same epochs."""
+        seed = self.options.seed * 100_003 + epoch * 1_009 + max(self.rank, 0)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        if loader.generator is not None:
+            loader.generator.manual_seed(seed)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+
+    def _validate(self, model: nn.Module, loader, loss_fn):
+        return evaluate(model, loader, self.num_classes, self.names, self.device, half=self.amp, loss_fn=loss_fn,
+                        single_cls=self.options.single_cls, progress=not self.options.quiet)
+
+    def _checkpoint(self, epoch: int, best_fitness: float, ema: ModelEMA, optimizer, scheduler, **extra) -> dict:
+        from models.weights import build_checkpoint
+
+        return build_checkpoint(
+            self.model, ema_state=ema.ema.state_dict(), ema_updates=ema.updates, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), epoch=epoch, best_fitness=float(best_fitness), hyp=self.hyp,
+            options=asdict(self.options), date=datetime.now(timezone.utc).isoformat(), extra=extra)
+
+    def _save(self, checkpoint: dict, path: Path) -> None:
+        from models.weights import save_checkpoint
+
+        save_checkpoint(path, checkpoint)
+
+    def _append_results(self, path: Path, epoch: int, train_losses: list[float], metrics: dict,
+                        val_losses: list[float], learning_rates: list[float]) -> None:
+        row = [epoch, *train_losses, metrics["precision"], metrics["recall"], metrics["map50"], metrics["map"],
+               *val_losses, *learning_rates]
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(RESULT_COLUMNS)
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+
+    def _finish(self, val_loader, loss_fn, epochs_run: int, train_seconds: float, images_seen: int) -> dict:
+        from models.weights import load_model
+
+        best = self.weights_dir / "best.pt"
+        model, _ = load_model(best, device=self.device)
+        model.fuse()
+        result = evaluate(model, val_loader, self.num_classes, self.names, self.device, loss_fn=None,
+                          single_cls=self.options.single_cls, confusion=True, progress=not self.options.quiet,
+                          desc="best.pt")
+        if not self.options.noplots:
+            save_plots(result, self.save_dir, self.names)
+            from engine.metric_plots import plot_results_csv
+            plot_results_csv(self.save_dir / "results.csv")
+        speed = images_seen / max(train_seconds, 1e-9)
+        logger.info("%d epochs completed in %.3f hours (%.1f train images/s).\n%s", epochs_run, train_seconds / 3600,
+                    speed, result.table)
+        logger.info("Results saved to %s; weights: %s and %s", self.save_dir, best, self.weights_dir / "last.pt")
+        return {**{k: v for k, v in result.metrics.items() if k != "per_class"}, "save_dir": str(self.save_dir),
+                "train_images_per_second": speed, "train_seconds": train_seconds, "epochs_run": epochs_run}
+
+
+class EarlyStopping:
+    """Stop when fitness has not improved for ``patience`` epochs."""
+
+    def __init__(self, patience: int, best_fitness: float = 0.0, best_epoch: int = 0):
+        self.patience = patience if patience > 0 else math.inf
+        self.best_fitness, self.best_epoch = best_fitness, max(best_epoch, 0)
+
+    def __call__(self, epoch: int, fitness: float) -> bool:
+        if fitness >= self.best_fitness:
+            self.best_fitness, self.best_epoch = fitness, epoch
+        stop = epoch - self.best_epoch >= self.patience
+        if stop:
+            logger.info("Early stopping: no improvement in the last %d epochs (best epoch %d)", self.patience,
+                        self.best_epoch + 1)
+        return stop
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,137 @@
+"""The training engine: a real (tiny) run, exact resume after an interruption, checkpoints, DDP with gloo."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.shapes import generate_dataset
+from engine.trainer import Trainer, TrainingInterrupted, TrainOptions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    folder = generate_dataset(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, image_size=256, seed=1)
+    return folder / "data.yaml"
+
+
+def options(data: Path, project: Path, **overrides) -> TrainOptions:
+    base = dict(data=str(data), cfg="yolov5n.yaml", epochs=2, batch_size=4, imgsz=64, device="cpu", workers=0,
+                project=str(project), name="run", seed=3, noplots=True, quiet=True, noautoanchor=True)
+    base.update(overrides)
+    return TrainOptions(**base)
+
+
+def test_train_writes_yolov5_outputs(tiny_data, tmp_path):
+    summary = Trainer(options(tiny_data, tmp_path, noplots=False, noautoanchor=False)).run()
+    run = Path(summary["save_dir"])
+    assert run == tmp_path / "run"
+    for name in ("weights/last.pt", "weights/best.pt", "results.csv", "results.png", "opt.yaml", "hyp.yaml",
+                 "labels.jpg", "train_batch0.jpg", "confusion_matrix.png"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"train/box_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/obj_loss", "x/lr0"} <= set(rows[0])
+    checkpoint = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["ema"] is not None and checkpoint["optimizer"] is not None
+    assert checkpoint["names"] == ["rectangle", "ellipse", "triangle", "star", "cross", "ring"]
+    # a second run with the same name goes to run2 (YOLOv5's exp, exp2, ...)
+    second = Trainer(options(tiny_data, tmp_path, epochs=1))
+    assert second.save_dir == tmp_path / "run2"
+
+
+def test_resume_after_interruption_continues_exactly(tiny_data, tmp_path, monkeypatch):
+    reference = Trainer(options(tiny_data, tmp_path / "a", epochs=3))
+    reference.run()
+    expected = torch.load(tmp_path / "a" / "run" / "weights" / "last.pt", weights_only=True)
+
+    original = Trainer._seed_epoch
+
+    def interrupt_in_second_epoch(self, loader, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, loader, epoch)
+
+    monkeypatch.setattr(Trainer, "_seed_epoch", interrupt_in_second_epoch)
+    with pytest.raises(TrainingInterrupted):
+        Trainer(options(tiny_data, tmp_path / "b", epochs=3)).run()
+    saved = torch.load(tmp_path / "b" / "run" / "weights" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 0 and saved["extra"]["interrupted_in_epoch"] == 1
+    monkeypatch.setattr(Trainer, "_seed_epoch", original)
+
+    resumed = Trainer(TrainOptions(resume=str(tmp_path / "b" / "run"), workers=0))
+    assert resumed.save_dir == tmp_path / "b" / "run" and resumed.options.epochs == 3
+    resumed.run()
+    final = torch.load(tmp_path / "b" / "run" / "weights" / "last.pt", weights_only=True)
+    assert final["epoch"] == 2
+    assert final["scheduler"]["last_epoch"] == expected["scheduler"]["last_epoch"] == 3
+    assert final["ema_updates"] == expected["ema_updates"]
+    for key in ("model", "ema"):
+        for name, value in expected[key].items():
+            assert torch.allclose(final[key][name], value, atol=1e-5), f"{key}.{name} differs after resume"
+    steps = [s["step"] for s in final["optimizer"]["state"].values() if "step" in s]
+    assert steps == [s["step"] for s in expected["optimizer"]["state"].values() if "step" in s]
+
+
+def test_resume_of_a_finished_run_is_refused(tiny_data, tmp_path):
+    Trainer(options(tiny_data, tmp_path, epochs=1)).run()
+    with pytest.raises(ValueError, match="already finished"):
+        Trainer(TrainOptions(resume=str(tmp_path / "run"), workers=0)).run()
+
+
+def test_freeze_keeps_backbone_weights(tiny_data, tmp_path):
+    trainer = Trainer(options(tiny_data, tmp_path, epochs=1, freeze=[10]))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("layers.0.")}
+    trainer.run()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("weight") and "bn" not in k)
+    assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if n.startswith("layers.9."))
+    assert all(p.requires_grad for n, p in trainer.model.named_parameters() if n.startswith("layers.10."))
+
+
+def test_train_cli_on_a_slimneck_config(tiny_data, tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--cfg", "yolov7-tiny-slimneck.yaml", "--data", str(tiny_data),
+                             "--epochs", "1", "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                             "--project", str(tmp_path), "--name", "cli", "--noplots", "--quiet"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "cli" / "weights" / "best.pt").is_file()
+    assert "1 epochs completed" in result.stderr
+
+
+def test_train_cli_reports_missing_config(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--cfg", "yolov5q.yaml", "--epochs", "1", "--project",
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "yolov5q.yaml" in result.stderr and "not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run(tiny_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "train.py", "--cfg", "yolov5n.yaml", "--data", str(tiny_data), "--epochs", "1", "--imgsz", "64",
+               "--batch-size", "8", "--workers", "0", "--device", "cpu", "--project", str(tmp_path), "--name", "ddp",
+               "--noplots", "--quiet"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "DDP: rank 0/2, backend gloo" in result.stderr and "DDP: rank 1/2, backend gloo" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "ddp" / "weights").iterdir()) == ["best.pt", "last.pt"]
+    assert not (tmp_path / "ddp2").exists()  # rank 1 made no run folder of its own
+
+
+def test_weights_with_another_cfg_keep_the_pretrained_backbone(tiny_data, tmp_path):
+    Trainer(options(tiny_data, tmp_path, epochs=1, name="base")).run()
+    best = tmp_path / "base" / "weights" / "best.pt"
+    source = torch.load(best, weights_only=True)["ema"]
+    trainer = Trainer(options(tiny_data, tmp_path, cfg="yolov5n-slimneck.yaml", weights=str(best), name="slim"))
+    state = trainer.model.state_dict()
+    backbone = [k for k in source if k.startswith(tuple(f"layers.{i}." for i in range(10)))]
+    assert backbone and all(torch.equal(state[k], source[k]) for k in backbone)
+    assert not torch.equal(state["layers.13.fuse.conv.weight"][:1], torch.zeros(1))  # the new neck was built

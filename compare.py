@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cli import run_command
 from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 from models.yolo import DetectionModel, count_gflops, count_parameters
 
@@ -208,7 +209,10 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
     parser.add_argument("--noplots", action="store_true", help="no training plots")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    if options.weights and not options.no_train:
+        parser.error("--weights is for --no-train comparisons")
+    return options
 
 
 def run(options: argparse.Namespace) -> list[Row]:
@@ -251,17 +255,8 @@ def run(options: argparse.Namespace) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = parse_options(argv)
-    if options.weights and not options.no_train:
-        logger.error("error: --weights is for --no-train comparisons")
-        return 2
-    try:
-        run(options)
-    except (FileNotFoundError, ValueError) as error:
-        logger.error("error: %s", error)
-        return 2
-    return 0
+    return run_command(lambda: run(options))
 
 
 if __name__ == "__main__":

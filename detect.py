@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from engine.cli import run_command
 from engine.boxes import scale_boxes
 from engine.ops import non_max_suppression
 from engine.predict import (Frame, SourceError, describe_detections, iterate_frames, load_detector,
@@ -255,14 +256,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for an unusable source or weights)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = parse_options(argv)
-    try:
-        run(**vars(options))
-    except (FileNotFoundError, ValueError) as error:
-        logger.error("error: %s", error)
-        return 2
-    return 0
+    return run_command(lambda: run(**vars(options)))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ Flags follow YOLOv5's train.py. Several GPUs (or CPU processes): ``torchrun --np
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainingInterrupted, TrainOptions
+from engine.cli import run_command
+from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 
 
 def parse_options(argv: list[str] | None = None) -> TrainOptions:
@@ -48,16 +48,8 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = parse_options(argv)
-    try:
-        Trainer(options).run()
-    except TrainingInterrupted:
-        return 130
-    except (FileNotFoundError, ValueError) as error:
-        logging.getLogger("train").error("error: %s", error)
-        return 2
-    return 0
+    return run_command(lambda: Trainer(options).run())
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cli import run_command
 from engine.coco import evaluate_coco, predictions_to_coco, save_json, yolo_to_coco_gt
 from engine.dataloader import create_dataloader
 from engine.dataset import DatasetError, load_data_config
@@ -207,14 +208,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 for unusable input)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = parse_options(argv)
-    try:
-        run(**vars(options))
-    except (FileNotFoundError, ValueError) as error:
-        logger.error("error: %s", error)
-        return 2
-    return 0
+    return run_command(lambda: run(**vars(options)))
 
 
 if __name__ == "__main__":

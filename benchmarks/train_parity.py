@@ -50,7 +50,7 @@ def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> d
     import cv2
     import numpy as np
 
-    from engine.coco import assign_image_ids, evaluate_coco, yolo_to_coco_gt
+    from engine.coco import evaluate_coco, yolo_to_coco_gt
     from engine.dataset import image_to_label_path, parse_label_file
 
     labels, shapes = [], []

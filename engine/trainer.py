@@ -7,7 +7,6 @@ import math
 import os
 import random
 import time
-from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,8 +24,7 @@ from engine.dataset import load_data_config
 from engine.ema import ModelEMA
 from engine.loss import YoloLoss
 from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, lr_lambda
-from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device,
-                                unwrap)
+from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
 from models.yolo import DetectionModel
 

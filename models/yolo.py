@@ -11,7 +11,7 @@ import torch.nn as nn
 from models.modules.conv import Conv
 from models.modules.heads import Detect, IDetect
 from models.modules.yolov7 import RepConv
-from models.parse import LayerRecord, build_layers
+from models.parse import build_layers
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,440 @@
+"""CPU latency of a baseline detector and its slim-neck version, with and without the deploy rewrites.
+
+    python benchmarks/latency.py --pair yolov5s [--imgsz 640] [--batch 1 8] [--threads 2] [--runs 30]
+                                 [--backends eager channels_last compile onnxruntime] [--profile]
+    python benchmarks/latency.py --cfgs yolov7-tiny.yaml yolov7-tiny-slimneck.yaml --batch 1
+
+Both models are built (randomly initialised: latency does not depend on the weight values), fused, and
+rewritten by each deploy rewrite of ``models.deploy`` alone and by all of them. For each batch size and backend
+every variant runs in one process, interleaved: after a warm-up, each round times one forward of every variant
+in a shuffled order, so a change in machine load hits all variants alike (backends are measured one after the
+other, so their thread pools never compete). The table gives the median over the rounds; the slim/base ratios
+compare the medians of the same rewrite level (and, in parentheses, give the median of the per-round ratios) next
+to the FLOP ratio.
+
+Backends: ``eager`` (PyTorch fp32, NCHW), ``channels_last`` (the same with weights and input in NHWC memory
+format), ``compile`` (``torch.compile``, default inductor backend, NCHW), ``torchscript`` (``torch.jit.trace`` +
+``freeze`` with oneDNN Graph fusion enabled, channels_last: deprecated in PyTorch 2.x, but here the one PyTorch
+path that fuses convs with their activations and adds) and ``onnxruntime`` (the model as export.py writes it,
+which keeps only the rewrites marked ``for_onnx``; intra-op threads = ``--threads``, sequential execution, idle
+workers do not spin). ``compile`` and ``torchscript`` build only the "fused" and "all rewrites" rows (building is
+slow); a backend that fails for a row is reported, not fatal. Each backend's output is checked against eager.
+
+``--profile`` adds, per model and rewrite level, the exclusive time of each module kind (forward hooks with
+wall-clock timing; a module's time excludes that of the hooked modules inside it), so the cost of the GSConv
+concatenation/shuffle, the depth-wise convs, VoV-GSCSP and C3 is visible.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import gc
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):
+    # Run as ``python benchmarks/latency.py``: make the repository's packages importable.
+    sys.path.insert(0, str(REPO))
+
+from models.deploy import DEPLOY_REWRITES, apply_rewrites  # noqa: E402
+from models.modules.conv import Conv  # noqa: E402
+from models.yolo import DetectionModel, count_gflops  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PAIRS = {"yolov5n": ("yolov5n.yaml", "yolov5n-slimneck.yaml"), "yolov5s": ("yolov5s.yaml", "yolov5s-slimneck.yaml"),
+         "yolov5m": ("yolov5m.yaml", "yolov5m-slimneck.yaml"), "yolov5l": ("yolov5l.yaml", "yolov5l-slimneck.yaml"),
+         "yolov5x": ("yolov5x.yaml", "yolov5x-slimneck.yaml"),
+         "yolov7-tiny": ("yolov7-tiny.yaml", "yolov7-tiny-slimneck.yaml"),
+         "yolov7": ("yolov7.yaml", "yolov7-slimneck.yaml")}
+BACKENDS = ("eager", "channels_last", "compile", "torchscript", "onnxruntime")
+FUSED, ALL = "fused", "all rewrites"
+
+
+@dataclass
+class Variant:
+    """One model at one rewrite level: ``rewrites`` are the deploy rewrites applied to the fused model."""
+
+    model_name: str
+    level: str
+    rewrites: tuple[str, ...]
+    model: nn.Module
+    fused: nn.Module
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name}, {self.level}"
+
+    @property
+    def detailed(self) -> bool:
+        """False for the two rows every batch size measures (fused, all rewrites)."""
+        return self.level not in (FUSED, ALL)
+
+
+@dataclass
+class Timing:
+    """Per-round times (seconds) of one variant on one backend, or why it could not run."""
+
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times) * 1000
+
+
+def build_variants(cfgs: list[str], names: list[str], rewrites: list[str]) -> list[Variant]:
+    """Fused models of ``cfgs``; for each: no rewrite, each rewrite alone and all but that one (when the rewrite
+    changes the model), and all of them."""
+    variants = []
+    for cfg, name in zip(cfgs, names):
+        torch.manual_seed(0)
+        fused = DetectionModel(cfg).eval().fuse()
+        variants.append(Variant(name, FUSED, (), fused, fused))
+        _, changes = apply_rewrites(fused, rewrites)
+        active = [rewrite for rewrite in rewrites if changes[rewrite]]
+        for rewrite in active:
+            variants.append(Variant(name, f"only {rewrite}", (rewrite,), apply_rewrites(fused, [rewrite])[0], fused))
+        if len(active) > 1:
+            for rewrite in active:
+                others = tuple(r for r in active if r != rewrite)
+                variants.append(Variant(name, f"all but {rewrite}", others, apply_rewrites(fused, list(others))[0],
+                                        fused))
+        variants.append(Variant(name, ALL, tuple(active), apply_rewrites(fused, active)[0], fused))
+    return variants
+
+
+def _eager_runner(model: nn.Module, images: torch.Tensor) -> Callable[[], object]:
+    def run():
+        with torch.inference_mode():
+            return model(images)
+    return run
+
+
+class _DecodedOnly(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)[0]
+
+
+def _checked(run: Callable[[], object], variant: Variant, images: torch.Tensor) -> Callable[[], object]:
+    """``run`` after checking that its decoded output matches the eager model's (else ValueError)."""
+    output = run()
+    output = output[0] if isinstance(output, (tuple, list)) else output
+    output = torch.as_tensor(output).float()
+    with torch.inference_mode():
+        reference = variant.model(images)[0].float()
+    if output.shape != reference.shape or not torch.allclose(output, reference, rtol=1e-3, atol=1e-2):
+        difference = (output - reference).abs().max().item() if output.shape == reference.shape else "shape"
+        raise ValueError(f"output differs from eager PyTorch (max abs difference {difference})")
+    return run
+
+
+def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: int, workdir: Path
+                ) -> Callable[[], object] | None:
+    """A no-argument callable that runs one forward of ``variant`` on ``backend`` (its output checked against
+    eager PyTorch); None where the variant's rewrites make no difference on that backend (ONNX export keeps only
+    ``for_onnx`` rewrites)."""
+    if backend == "eager":
+        return _eager_runner(variant.model, images)
+    if backend == "channels_last":
+        model = copy.deepcopy(variant.model).to(memory_format=torch.channels_last)
+        return _eager_runner(model, images.contiguous(memory_format=torch.channels_last))
+    if backend == "compile":
+        compiled = torch.compile(copy.deepcopy(variant.model))
+        return _checked(_eager_runner(compiled, images), variant, images)  # compiles now, not while timed
+    if backend == "torchscript":
+        inputs = images.contiguous(memory_format=torch.channels_last)
+        model = _DecodedOnly(copy.deepcopy(variant.model).to(memory_format=torch.channels_last)).eval()
+        torch.jit.enable_onednn_fusion(True)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.freeze(torch.jit.trace(model, inputs))
+            for _ in range(3):  # the profiling executor specialises and fuses during the first runs
+                scripted(inputs)
+
+        def run():
+            with torch.no_grad():
+                return scripted(inputs)
+        return _checked(run, variant, images)
+    if backend == "onnxruntime":
+        from engine.backends import OnnxBackend
+        from export import export_onnx
+
+        onnx_rewrites = [name for name in variant.rewrites if DEPLOY_REWRITES[name].for_onnx]
+        if variant.level == ALL:
+            model = apply_rewrites(variant.fused, onnx_rewrites)[0]  # what export.py writes
+        elif len(onnx_rewrites) == len(variant.rewrites):
+            model = variant.model
+        else:
+            return None  # the same graph as another row
+        path = workdir / f"{variant.label.replace(', ', '_').replace(' ', '-')}_{images.shape[0]}.onnx"
+        export_onnx(model, path, list(images.shape[-2:]), images.shape[0], optimize=False)
+        # Idle ORT workers would otherwise spin and steal the cores from the next session in the round.
+        session = OnnxBackend(path, "cpu", threads=threads, spin=False).session
+        feed = {session.get_inputs()[0].name: images.numpy()}
+        return _checked(lambda: session.run(None, feed), variant, images)
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def measure(runners: dict[str, Callable[[], object]], rounds: int, warmup: int, seed: int = 0
+            ) -> dict[str, list[float]]:
+    """Interleaved timing: ``warmup`` untimed rounds, then ``rounds`` rounds, each running every runner once in
+    a freshly shuffled order. Returns the per-round seconds of each runner."""
+    order = list(runners)
+    rng = random.Random(seed)
+    for _ in range(warmup):
+        for key in order:
+            runners[key]()
+    times: dict[str, list[float]] = {key: [] for key in order}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            start = time.perf_counter()
+            runners[key]()
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgsz: int, threads: int, rounds: int,
+                  warmup: int, workdir: Path) -> dict[tuple[str, str], Timing]:
+    """Time every (backend, variant) for one batch size; returns {(backend, label): Timing}. Rows that a backend
+    does not distinguish are left out (``compile`` and ``torchscript`` build only the fused and all-rewrites rows)."""
+    images = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for backend in backends:  # one backend at a time: runtimes' thread pools do not compete within a round
+        runners = {}
+        for variant in variants:
+            key = (backend, variant.label)
+            if backend in ("compile", "torchscript") and variant.detailed:
+                continue
+            try:
+                runner = make_runner(backend, variant, images, threads, workdir)
+            except Exception as error:  # report any backend failure (torch.compile, tracing, export) and go on
+                message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                results[key] = Timing(error=message[:160])
+                logger.warning("%s / %s failed: %s", backend, variant.label, message[:300])
+                continue
+            if runner is not None:
+                runners[key] = runner
+        for key, times in measure(runners, rounds, warmup).items():
+            results[key] = Timing(times)
+        runners.clear()
+        gc.collect()
+    return results
+
+
+def format_table(variants: list[Variant], backends: list[str], results: dict[tuple[str, str], Timing]) -> str:
+    """Median ms per variant (rows) and backend (columns); '-' where not measured."""
+    rows = [v for v in variants if any((b, v.label) in results for b in backends)]
+    width = max(len(v.label) for v in rows) + 2
+    lines = [f"{'variant':<{width}}" + "".join(f"{b:>15}" for b in backends)]
+    for variant in rows:
+        cells = []
+        for backend in backends:
+            timing = results.get((backend, variant.label))
+            if timing is None:
+                cells.append(f"{'-':>15}")
+            elif timing.error:
+                cells.append(f"{'failed':>15}")
+            else:
+                cells.append(f"{timing.median_ms:>12.1f} ms")
+        lines.append(f"{variant.label:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def paired_ratio(slim: Timing, base: Timing) -> float:
+    """Median over rounds of slim time / base time in the same round (robust to slow changes in machine load)."""
+    return statistics.median(a / b for a, b in zip(slim.times, base.times))
+
+
+def format_ratios(names: list[str], backends: list[str], results: dict[tuple[str, str], Timing],
+                  flop_ratio: float) -> str:
+    base, slim = names
+    lines = [f"{slim} / {base} time ratio: ratio of medians (median of per-round ratios)   "
+             f"[FLOP ratio {flop_ratio:.3f}]"]
+    for backend in backends:
+        cells = []
+        for level in (FUSED, ALL):
+            a, b = results.get((backend, f"{slim}, {level}")), results.get((backend, f"{base}, {level}"))
+            if a and b and not a.error and not b.error:
+                cells.append(f"{level}: {a.median_ms / b.median_ms:.3f} ({paired_ratio(a, b):.3f})")
+        lines.append(f"  {backend:<14} " + ("   ".join(cells) if cells else "-"))
+    return "\n".join(lines)
+
+
+def _conv_label(conv: nn.Conv2d) -> str:
+    kind = "dw " if conv.groups > 1 and conv.groups == conv.in_channels else ""
+    stride = f"/s{conv.stride[0]}" if conv.stride[0] > 1 else ""
+    return f"{kind}{conv.kernel_size[0]}x{conv.kernel_size[1]}{stride}"
+
+
+def _profile_labels(model: nn.Module) -> dict[nn.Module, str]:
+    """The modules the profile times, each with its row label. A Conv (conv + activation) is timed as a whole;
+    a bare nn.Conv2d only where no Conv wraps it (the head's output convs, the deploy modules' merged convs)."""
+    labels: dict[nn.Module, str] = {}
+    for parent in model.modules():
+        for child in parent.children():
+            if isinstance(child, Conv):
+                labels[child] = f"Conv {_conv_label(child.conv)}"
+            elif isinstance(child, nn.Conv2d) and not isinstance(parent, Conv):
+                owner = "Detect" if isinstance(parent, nn.ModuleList) else type(parent).__name__
+                labels[child] = f"{owner} conv {_conv_label(child)}"
+            elif not isinstance(child, _UNHOOKED) and not isinstance(child, nn.Conv2d):
+                labels[child] = type(child).__name__
+    return labels
+
+
+_UNHOOKED = (nn.ModuleList, nn.Sequential, nn.Identity, nn.SiLU, nn.LeakyReLU, nn.ReLU, nn.Hardswish)
+
+
+@torch.no_grad()
+def module_profile(model: nn.Module, images: torch.Tensor, rounds: int = 10) -> list[tuple[str, float, int]]:
+    """(module kind, exclusive ms per forward, calls per forward), slowest first; see the module docstring.
+
+    Each kind's time is its median over ``rounds`` forwards. The top-level model is not hooked: what it adds
+    (the layer loop) is the gap to the total. The GSConv rows are its own work: the concatenation of its two
+    halves and, unless folded, the shuffle; the Detect rows are the decoding, "Detect conv" its 1x1 convs; a
+    deploy module's row excludes its merged conv (its own "... conv" row).
+    """
+    stack: list[list[float]] = []
+    current: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter = collections.Counter()
+
+    def before(module, inputs):
+        stack.append([time.perf_counter(), 0.0])
+
+    def after(module, inputs, output):
+        start, inner = stack.pop()
+        total = time.perf_counter() - start
+        if stack:
+            stack[-1][1] += total
+        label = labels[module]
+        current[label] += total - inner
+        calls[label] += 1
+
+    labels = _profile_labels(model)
+    handles = []
+    for module in labels:
+        handles.append(module.register_forward_pre_hook(before))
+        handles.append(module.register_forward_hook(after))
+    per_round: list[dict[str, float]] = []
+    try:
+        model(images)
+        calls.clear()
+        for _ in range(rounds):
+            current.clear()
+            model(images)
+            per_round.append(dict(current))
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = [(label, statistics.median(r.get(label, 0.0) for r in per_round) * 1000, calls[label] // rounds)
+            for label in calls]
+    return sorted(rows, key=lambda row: -row[1])
+
+
+def format_profile(variants: list[Variant], images: torch.Tensor, channels_last: bool) -> str:
+    lines = []
+    for variant in variants:
+        if variant.detailed:
+            continue
+        model = variant.model
+        inputs = images
+        if channels_last:
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            inputs = images.contiguous(memory_format=torch.channels_last)
+        rows = module_profile(model, inputs)
+        total = sum(row[1] for row in rows)
+        lines.append(f"{variant.label}: {total:.1f} ms in hooked modules")
+        for label, ms, count in rows:
+            lines.append(f"    {label:<32}{ms:>8.1f} ms {100 * ms / total:>6.1f} %   x{count}")
+    return "\n".join(lines)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="CPU latency of a baseline vs its slim-neck version.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--pair", choices=sorted(PAIRS), default="yolov5s", help="baseline and slim-neck of one size")
+    group.add_argument("--cfgs", nargs=2, metavar=("BASE", "SLIM"), help="any two model YAMLs")
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--runs", type=int, default=30, help="timed rounds at batch 1 (fewer at larger batches)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--rewrites", nargs="*", default=list(DEPLOY_REWRITES), choices=list(DEPLOY_REWRITES),
+                        help="deploy rewrites to measure (each alone and all together)")
+    parser.add_argument("--detail-batches", nargs="*", type=int, default=[1],
+                        help="batch sizes that also time each rewrite alone and all-but-one (others: fused and all)")
+    parser.add_argument("--profile", action="store_true", help="also print a per-module time profile (batch 1)")
+    return parser.parse_args(argv)
+
+
+def rounds_for(batch: int, runs: int) -> int:
+    """Rounds at ``batch``: ``runs`` at batch 1, fewer for larger batches (each takes longer), at least 10."""
+    return max(10, round(runs / batch ** 0.5))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    options = parse_args(argv)
+    torch.set_num_threads(options.threads)
+    cfgs = list(options.cfgs) if options.cfgs else list(PAIRS[options.pair])
+    names = [Path(cfg).stem for cfg in cfgs]
+    if names[0] == names[1]:
+        names = ["base", "slim"]
+    flops = [count_gflops(DetectionModel(cfg), options.imgsz) for cfg in cfgs]
+    variants = build_variants(cfgs, names, options.rewrites)
+    print(f"torch {torch.__version__}, {options.threads} threads, {options.imgsz}x{options.imgsz}, fp32, CPU "
+          f"({os.cpu_count()} cores), load average before: {load_average()}")
+    print(f"GFLOPs: {names[0]} {flops[0]:.2f}, {names[1]} {flops[1]:.2f} (ratio {flops[1] / flops[0]:.3f})")
+    with tempfile.TemporaryDirectory() as workdir:
+        for batch in options.batch:
+            rounds = rounds_for(batch, options.runs)
+            started = time.perf_counter()
+            measured = variants if batch in options.detail_batches else [v for v in variants if not v.detailed]
+            results = run_benchmark(measured, options.backends, batch, options.imgsz, options.threads, rounds,
+                                    options.warmup, Path(workdir))
+            print(f"\nbatch {batch}: median of {rounds} interleaved rounds "
+                  f"({time.perf_counter() - started:.0f} s, load average after: {load_average()})")
+            print(format_table(measured, options.backends, results))
+            print(format_ratios(names, options.backends, results, flops[1] / flops[0]))
+            for (backend, label), timing in results.items():
+                if timing.error:
+                    print(f"  {backend} / {label} failed: {timing.error}")
+    if options.profile:
+        images = torch.rand(1, 3, options.imgsz, options.imgsz)
+        for channels_last in (False, True):
+            print(f"\nper-module profile, batch 1, {'channels_last' if channels_last else 'NCHW'} "
+                  "(exclusive wall time per forward, median of 10 forwards)")
+            print(format_profile(variants, images, channels_last))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

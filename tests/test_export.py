@@ -1,0 +1,172 @@
+"""ONNX export (export.py) and the ONNX Runtime backend (engine/backends.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="the ONNX extras are optional")
+pytest.importorskip("onnxruntime", reason="the ONNX extras are optional")
+
+import export  # noqa: E402
+from engine.backends import MissingDependencyError, OnnxBackend  # noqa: E402
+from models.parse import CFG_DIR  # noqa: E402
+from models.yolo import DetectionModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in CFG_DIR.glob("*.yaml"))
+LARGE = ("yolov5m", "yolov5l", "yolov5x", "yolov7.yaml", "yolov7-slimneck", "yolov7-gsconv")  # seconds each
+CASES = [pytest.param(c, marks=pytest.mark.slow) if c.startswith(LARGE) else c for c in CONFIGS]
+
+
+def model_with_statistics(cfg: str, num_classes: int = 3) -> DetectionModel:
+    """An eval model with non-trivial BatchNorm statistics, so a wrong fold or permutation shows up."""
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, num_classes=num_classes).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return model
+
+
+def op_types(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("cfg", CASES)
+def test_every_config_exports_and_onnxruntime_matches_pytorch(cfg, tmp_path):
+    model = model_with_statistics(cfg)
+    path = export.export_onnx(model, tmp_path / "model.onnx", imgsz=64)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(images)[0]  # the unfused model: fusing and the deploy rewrites are checked too
+    output = OnnxBackend(path)(images)
+    assert output.shape == reference.shape
+    assert torch.allclose(output, reference, atol=1e-3, rtol=1e-4), (output - reference).abs().max()
+    assert export.compare_with_pytorch(model, path, images) < 1e-3
+    # The optimised graph has no channel shuffles left: only Detect's 3 output permutes are transposes.
+    assert op_types(path).count("Transpose") == 3
+
+
+def test_optimize_removes_the_shuffle_transposes(tmp_path):
+    model = model_with_statistics("yolov5n-slimneck.yaml")
+    plain = export.export_onnx(model, tmp_path / "plain.onnx", imgsz=64, optimize=False)
+    optimized = export.export_onnx(model, tmp_path / "optimized.onnx", imgsz=64)
+    assert op_types(plain).count("Transpose") == 3 + 12
+    assert op_types(optimized).count("Transpose") == 3
+    images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="exported for inputs of shape"):
+        OnnxBackend(plain)(images)  # fixed batch 1
+
+
+def test_metadata_round_trips_through_the_backend(tmp_path):
+    model = DetectionModel("yolov5n-slimneck.yaml", num_classes=2, names=["cat", "dog"])
+    path = export.export_onnx(model, tmp_path / "model.onnx", imgsz=[64, 96], batch_size=2)
+    backend = OnnxBackend(path)
+    assert backend.stride == 32 and backend.strides == [8, 16, 32]
+    assert backend.names == ["cat", "dog"] and backend.num_classes == 2
+    assert backend.imgsz == [64, 96]
+    assert backend.fixed_shape == (2, 3, 64, 96) and backend.batch_size == 2
+    assert backend.half is False
+    assert backend.model_cfg["yaml_file"] == "yolov5n-slimneck.yaml" and backend.model_cfg["nc"] == 2
+    metadata = {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}
+    assert json.loads(metadata["optimized"]) is True
+    output = backend(torch.rand(2, 3, 64, 96))
+    assert output.shape == (2, 3 * (8 * 12 + 4 * 6 + 2 * 3), 7) and output.dtype == torch.float32
+
+
+def test_dynamic_export_runs_other_sizes(tmp_path):
+    model = model_with_statistics("yolov7-tiny-slimneck.yaml")
+    path = export.export_onnx(model, tmp_path / "dynamic.onnx", imgsz=64, dynamic=True)
+    backend = OnnxBackend(path)
+    assert backend.fixed_shape is None and backend.batch_size is None
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 128)]:
+        images = torch.rand(*shape)
+        with torch.no_grad():
+            reference = model(images)[0]
+        assert torch.allclose(backend(images), reference, atol=1e-3, rtol=1e-4)
+
+
+def test_export_rejects_bad_settings(tmp_path):
+    model = DetectionModel("yolov5n.yaml", num_classes=2)
+    with pytest.raises(ValueError, match="CUDA"):
+        export.export_onnx(model, tmp_path / "half.onnx", imgsz=64, half=True)
+    with pytest.raises(ValueError, match="multiple of the model's max stride 32"):
+        export.export_onnx(model, tmp_path / "odd.onnx", imgsz=65)
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_onnx_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
+    with pytest.raises(MissingDependencyError, match="pip install onnx"):
+        export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
+    assert export.main(["--cfg", "yolov5n.yaml", "--imgsz", "64", "--output", str(tmp_path / "m.onnx")]) == 2
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, tmp_path):
+    path = export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
+        OnnxBackend(path)
+
+
+def test_backend_rejects_files_that_are_not_our_exports(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="garbage.onnx"):
+        OnnxBackend(garbage)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        OnnxBackend(tmp_path / "missing.onnx")
+    plain = tmp_path / "plain.onnx"
+    with pytest.warns(DeprecationWarning):  # the TorchScript-based exporter, as export.py uses it
+        torch.onnx.export(torch.nn.Conv2d(3, 4, 1).eval(), (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
+    with pytest.raises(ValueError, match="metadata .* missing"):
+        OnnxBackend(plain)
+
+
+def test_export_cli_end_to_end(tmp_path):
+    output = tmp_path / "slim.onnx"
+    result = subprocess.run([sys.executable, "export.py", "--cfg", "yolov5n-slimneck.yaml", "--include", "onnx",
+                             "--imgsz", "64", "--nc", "4", "--output", str(output)],
+                            check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "folded 12 of 12" in result.stderr
+    difference = float(result.stderr.split("max abs difference ")[1].split()[0])
+    assert difference < 1e-3
+    backend = OnnxBackend(output)
+    assert backend.num_classes == 4 and backend.fixed_shape == (1, 3, 64, 64)
+
+
+def test_export_cli_reports_errors(tmp_path, caplog):
+    output = ["--output", str(tmp_path / "x.onnx")]
+    assert export.main(["--cfg", "yolov5n.yaml", "--half", *output]) == 2
+    assert "needs a CUDA --device" in caplog.text
+    assert export.main(["--cfg", "yolov5n.yaml", "--include", "tflite", *output]) == 2
+    assert "tflite is not supported" in caplog.text
+    assert export.main(output) == 2
+    assert "give --weights" in caplog.text
+    assert export.main(["--cfg", "no-such-model.yaml", *output]) == 2
+    assert "no-such-model.yaml" in caplog.text and "not found" in caplog.text
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_from_a_checkpoint(tmp_path):
+    weights = pytest.importorskip("models.weights", reason="checkpoint loading lives in models/weights.py")
+    model = model_with_statistics("yolov7-tiny-slimneck.yaml", num_classes=2)
+    model.names = ["cat", "dog"]
+    checkpoint = tmp_path / "best.pt"
+    weights.save_checkpoint(checkpoint, weights.build_checkpoint(model))
+    assert export.main(["--weights", str(checkpoint), "--imgsz", "64"]) == 0
+    backend = OnnxBackend(tmp_path / "best.onnx")
+    assert backend.names == ["cat", "dog"]
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(images)[0]
+    assert torch.allclose(backend(images), reference, atol=1e-3, rtol=1e-4)

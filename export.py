@@ -122,9 +122,9 @@ def export_onnx(model: DetectionModel, path: str | Path, imgsz: list[int] | int 
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
-    logger.info("ONNX %s: opset %d, input %s, %s", path, opset,
-                "dynamic (batch, height, width)" if dynamic else f"{batch_size}x{prepared.in_channels}x{shape[0]}x{shape[1]}",
-                "float16" if half else "float32")
+    described = ("dynamic (batch, height, width)" if dynamic
+                 else f"{batch_size}x{prepared.in_channels}x{shape[0]}x{shape[1]}")
+    logger.info("ONNX %s: opset %d, input %s, %s", path, opset, described, "float16" if half else "float32")
     return path
 
 

@@ -1,7 +1,7 @@
 """CPU latency of a baseline detector and its slim-neck version, with and without the deploy rewrites.
 
     python benchmarks/latency.py --pair yolov5s [--imgsz 640] [--batch 1 8] [--threads 2] [--runs 30]
-                                 [--backends eager channels_last compile onnxruntime] [--profile]
+                                 [--backends eager channels_last compile torchscript onnxruntime] [--profile]
     python benchmarks/latency.py --cfgs yolov7-tiny.yaml yolov7-tiny-slimneck.yaml --batch 1
 
 Both models are built (randomly initialised: latency does not depend on the weight values), fused, and
@@ -13,12 +13,13 @@ compare the medians of the same rewrite level (and, in parentheses, give the med
 to the FLOP ratio.
 
 Backends: ``eager`` (PyTorch fp32, NCHW), ``channels_last`` (the same with weights and input in NHWC memory
-format), ``compile`` (``torch.compile``, default inductor backend, NCHW), ``torchscript`` (``torch.jit.trace`` +
-``freeze`` with oneDNN Graph fusion enabled, channels_last: deprecated in PyTorch 2.x, but here the one PyTorch
-path that fuses convs with their activations and adds) and ``onnxruntime`` (the model as export.py writes it,
-which keeps only the rewrites marked ``for_onnx``; intra-op threads = ``--threads``, sequential execution, idle
-workers do not spin). ``compile`` and ``torchscript`` build only the "fused" and "all rewrites" rows (building is
-slow); a backend that fails for a row is reported, not fatal. Each backend's output is checked against eager.
+format), ``compile`` (``torch.compile``, default inductor backend, channels_last), ``torchscript``
+(``torch.jit.trace`` + ``freeze`` with oneDNN Graph fusion enabled, channels_last: deprecated in PyTorch 2.x,
+but the one PyTorch path here that fuses convs with their activations and adds) and ``onnxruntime`` (the model
+as export.py writes it, which keeps only the rewrites marked ``for_onnx``; intra-op threads = ``--threads``,
+sequential execution, idle workers do not spin). ``compile`` and ``torchscript`` build only the "fused" and
+"all rewrites" rows (building is slow); a backend that fails for a row is reported, not fatal. Each backend's
+output is checked against eager PyTorch.
 
 ``--profile`` adds, per model and rewrite level, the exclusive time of each module kind (forward hooks with
 wall-clock timing; a module's time excludes that of the hooked modules inside it), so the cost of the GSConv
@@ -158,8 +159,11 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
         model = copy.deepcopy(variant.model).to(memory_format=torch.channels_last)
         return _eager_runner(model, images.contiguous(memory_format=torch.channels_last))
     if backend == "compile":
-        compiled = torch.compile(copy.deepcopy(variant.model))
-        return _checked(_eager_runner(compiled, images), variant, images)  # compiles now, not while timed
+        # The reference head's grid cache breaks the graph, so its convs compile one by one (one entry per shape).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compiled = torch.compile(copy.deepcopy(variant.model).to(memory_format=torch.channels_last))
+        run = _eager_runner(compiled, images.contiguous(memory_format=torch.channels_last))
+        return _checked(run, variant, images)  # compiles now, not while timed
     if backend == "torchscript":
         inputs = images.contiguous(memory_format=torch.channels_last)
         model = _DecodedOnly(copy.deepcopy(variant.model).to(memory_format=torch.channels_last)).eval()
@@ -305,67 +309,84 @@ def _profile_labels(model: nn.Module) -> dict[nn.Module, str]:
 _UNHOOKED = (nn.ModuleList, nn.Sequential, nn.Identity, nn.SiLU, nn.LeakyReLU, nn.ReLU, nn.Hardswish)
 
 
-@torch.no_grad()
-def module_profile(model: nn.Module, images: torch.Tensor, rounds: int = 10) -> list[tuple[str, float, int]]:
-    """(module kind, exclusive ms per forward, calls per forward), slowest first; see the module docstring.
+class _ModuleTimer:
+    """Forward hooks that add each timed module's exclusive wall time to a per-forward table (see module_profile)."""
 
-    Each kind's time is its median over ``rounds`` forwards. The top-level model is not hooked: what it adds
-    (the layer loop) is the gap to the total. The GSConv rows are its own work: the concatenation of its two
-    halves and, unless folded, the shuffle; the Detect rows are the decoding, "Detect conv" its 1x1 convs; a
-    deploy module's row excludes its merged conv (its own "... conv" row).
-    """
-    stack: list[list[float]] = []
-    current: dict[str, float] = collections.defaultdict(float)
-    calls: collections.Counter = collections.Counter()
+    def __init__(self, model: nn.Module):
+        self.labels = _profile_labels(model)
+        self.stack: list[list[float]] = []
+        self.current: dict[str, float] = collections.defaultdict(float)
+        self.calls: collections.Counter = collections.Counter()
+        self.handles = [hook for module in self.labels
+                        for hook in (module.register_forward_pre_hook(self.before),
+                                     module.register_forward_hook(self.after))]
 
-    def before(module, inputs):
-        stack.append([time.perf_counter(), 0.0])
+    def before(self, module: nn.Module, inputs) -> None:
+        self.stack.append([time.perf_counter(), 0.0])
 
-    def after(module, inputs, output):
-        start, inner = stack.pop()
+    def after(self, module: nn.Module, inputs, output) -> None:
+        start, inner = self.stack.pop()
         total = time.perf_counter() - start
-        if stack:
-            stack[-1][1] += total
-        label = labels[module]
-        current[label] += total - inner
-        calls[label] += 1
+        if self.stack:
+            self.stack[-1][1] += total
+        label = self.labels[module]
+        self.current[label] += total - inner
+        self.calls[label] += 1
 
-    labels = _profile_labels(model)
-    handles = []
-    for module in labels:
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
-    per_round: list[dict[str, float]] = []
-    try:
-        model(images)
-        calls.clear()
-        for _ in range(rounds):
-            current.clear()
-            model(images)
-            per_round.append(dict(current))
-    finally:
-        for handle in handles:
+    def remove(self) -> None:
+        for handle in self.handles:
             handle.remove()
-    rows = [(label, statistics.median(r.get(label, 0.0) for r in per_round) * 1000, calls[label] // rounds)
-            for label in calls]
-    return sorted(rows, key=lambda row: -row[1])
+
+
+@torch.no_grad()
+def module_profile(models: dict[str, nn.Module], images: torch.Tensor, rounds: int = 10
+                   ) -> dict[str, list[tuple[str, float, int]]]:
+    """Per model: (module kind, exclusive ms per forward, calls per forward), slowest first.
+
+    The models run interleaved (one forward each per round, shuffled), so their rows are comparable; each kind's
+    time is its median over ``rounds`` forwards. The top-level model is not hooked: what it adds (the layer loop)
+    is the gap to the total. The GSConv rows are its own work: the concatenation of its two halves and, unless
+    folded, the shuffle; the Detect rows are the decoding, "Detect conv" its 1x1 convs; a deploy module's row
+    excludes its merged conv (its own "... conv" row).
+    """
+    timers = {name: _ModuleTimer(model) for name, model in models.items()}
+    per_round: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    order = list(models)
+    rng = random.Random(0)
+    try:
+        for name in order:
+            models[name](images)
+            timers[name].calls.clear()
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                timers[name].current.clear()
+                models[name](images)
+                per_round[name].append(dict(timers[name].current))
+    finally:
+        for timer in timers.values():
+            timer.remove()
+    result = {}
+    for name, timer in timers.items():
+        rows = [(label, statistics.median(r.get(label, 0.0) for r in per_round[name]) * 1000,
+                 timer.calls[label] // rounds) for label in timer.calls]
+        result[name] = sorted(rows, key=lambda row: -row[1])
+    return result
 
 
 def format_profile(variants: list[Variant], images: torch.Tensor, channels_last: bool) -> str:
-    lines = []
+    models = {}
     for variant in variants:
-        if variant.detailed:
-            continue
-        model = variant.model
-        inputs = images
-        if channels_last:
-            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-            inputs = images.contiguous(memory_format=torch.channels_last)
-        rows = module_profile(model, inputs)
+        if not variant.detailed:
+            models[variant.label] = (copy.deepcopy(variant.model).to(memory_format=torch.channels_last)
+                                     if channels_last else variant.model)
+    inputs = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+    lines = []
+    for label, rows in module_profile(models, inputs).items():
         total = sum(row[1] for row in rows)
-        lines.append(f"{variant.label}: {total:.1f} ms in hooked modules")
-        for label, ms, count in rows:
-            lines.append(f"    {label:<32}{ms:>8.1f} ms {100 * ms / total:>6.1f} %   x{count}")
+        lines.append(f"{label}: {total:.1f} ms in timed modules")
+        for kind, ms, count in rows:
+            lines.append(f"    {kind:<32}{ms:>8.1f} ms {100 * ms / total:>6.1f} %   x{count}")
     return "\n".join(lines)
 
 
@@ -431,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.rand(1, 3, options.imgsz, options.imgsz)
         for channels_last in (False, True):
             print(f"\nper-module profile, batch 1, {'channels_last' if channels_last else 'NCHW'} "
-                  "(exclusive wall time per forward, median of 10 forwards)")
+                  "(exclusive wall time per forward, median of 10 interleaved forwards)")
             print(format_profile(variants, images, channels_last))
     return 0
 

@@ -1,9 +1,23 @@
 """Deploy-time rewrites of a fused detection model: same outputs, less work per image.
 
-Every rewrite here takes a *fused* eval model (``DetectionModel.fuse()``), returns a new model (the input and
-its weights are left untouched, so a checkpoint stays what training produced) and keeps the outputs equal up to
-float rounding. ``optimize_for_inference`` applies all of them; each is also available alone so the latency
-benchmark can measure what it buys.
+Every rewrite here takes a *fused* eval model (``DetectionModel.fuse()``), returns a new inference-only model
+(the input and its weights are left untouched, so a checkpoint stays what training produced) and keeps the
+outputs equal up to float rounding. ``optimize_for_inference`` applies all of them; ``apply_rewrites`` applies a
+chosen few, so the latency benchmark (benchmarks/latency.py) can measure each one. The rewrites
+(``DEPLOY_REWRITES``):
+
+* ``fold_shuffles`` - fold the GSConv channel shuffles into the convs that consume them (below). Part of the
+  exported ONNX graph too.
+* ``merge_csp`` - C3 / VoV-GSCSP blocks run their two 1x1 input convs as one conv and write the bottlenecks'
+  result over the first half of its output, which the fusing conv then reads: the concatenation disappears.
+  Inside VoV-GSCSP, each GSBottleneck runs its first dense conv and its 1x1 shortcut conv (same input) as one
+  conv, and its residual add writes the two output halves directly. PyTorch only: in a traced graph these
+  become slices, which ONNX Runtime copies.
+* ``direct_decode`` - the detection head applies its sigmoid while copying each level into the final output and
+  finishes the boxes in place (one pass over the predictions instead of several). PyTorch only.
+
+Under ``torch.compile``, ``torch.jit.trace`` and ONNX export the deploy modules fall back to out-of-place
+operations, which those tracers handle (``_functional``).
 
 Folding the GSConv channel shuffle
 ----------------------------------

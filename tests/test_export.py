@@ -110,6 +110,15 @@ def test_missing_onnx_gives_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_simplify_without_a_simplifier_warns_and_keeps_the_graph(monkeypatch, tmp_path, caplog):
+    monkeypatch.setitem(sys.modules, "onnxslim", None)
+    monkeypatch.setitem(sys.modules, "onnxsim", None)
+    path = export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64,
+                              simplify=True)
+    assert "--simplify needs onnxslim or onnxsim" in caplog.text
+    assert OnnxBackend(path)(torch.rand(1, 3, 64, 64)).shape == (1, 252, 7)
+
+
 def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, tmp_path):
     path = export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)

@@ -3,12 +3,13 @@
     python -m benchmarks.train_parity --epochs 30 --imgsz 320 --batch 16
         [--cfg yolov5n.yaml] [--data data/shapes.yaml] [--peer ../shared/peer/yolov5.sh] [--out runs/parity]
 
-Both engines train from scratch with hyp.scratch-low and validate only after the last epoch (--noval), so the
-timed part is training. The upstream peer runs offline from its own venv (../shared/peer/README.md); it is never a
-dependency of this project. Reported per engine: train images/second (images seen / wall time of the epoch loop as
-each engine logs it), the engine's own mAP50 and mAP50-95 of its final weights, and mAP50-95 of its own predictions
-(conf 0.001, IoU 0.6, max 300) scored by one COCO evaluator (pycocotools) against the same ground truth.
-Prints a table and the ratios ours / upstream. Needs an otherwise idle machine.
+Both engines train from scratch with hyp.scratch-low and validate after every epoch (the packaged peer crashes
+with --noval). The upstream peer runs offline from its own venv (../shared/peer/README.md); it is never a dependency
+of this project. Reported per engine: train images/second (images seen / wall time of the whole training command,
+start-up and per-epoch validation included for both engines alike), the engine's own mAP50 and mAP50-95 of its
+best.pt, mAP50-95 of its own predictions (conf 0.001, IoU 0.6, max 300) scored by one COCO evaluator (pycocotools)
+against the same ground truth, and the mean training losses of a few epochs side by side (both engines log the
+same three YOLOv5 loss terms). Prints the tables and the ratios ours / upstream. Needs an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("parity")
 
 
-def run(command: list[str], log_file: Path) -> tuple[float, str]:
-    """Run a command, tee its output to ``log_file``; returns (wall seconds, output)."""
+def run(command: list[str], log_file: Path, cwd: Path = ROOT) -> tuple[float, str]:
+    """Run a command in ``cwd``, save its output to ``log_file``; returns (wall seconds, output)."""
     logger.info("$ %s", " ".join(command))
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     output = result.stdout + result.stderr
     log_file.write_text(output)
@@ -38,11 +39,25 @@ def run(command: list[str], log_file: Path) -> tuple[float, str]:
     return seconds, output
 
 
-def epochs_hours(output: str) -> float:
-    match = re.search(r"(\d+) epochs completed in ([0-9.]+) hours", output)
-    if not match:
-        raise RuntimeError("no 'N epochs completed in X hours' line in the training log")
-    return float(match.group(2))
+def train(command: list[str], out: Path, name: str, cwd: Path = ROOT) -> float:
+    """Run a training command (unless it ran before: then reuse its recorded time); returns its wall seconds."""
+    timing = out / f"{name}.seconds"
+    if command:
+        seconds, _ = run(command, out / f"{name}.log", cwd)
+        timing.write_text(f"{seconds:.3f}\n")
+    if not timing.exists():
+        raise RuntimeError(f"no earlier {name} run in {out}: run without --skip-{name}")
+    return float(timing.read_text())
+
+
+def train_losses(results_csv: Path) -> list[list[float]]:
+    """Per epoch: the mean (box, obj, cls) training loss from a YOLOv5-style results.csv."""
+    import csv
+
+    rows = list(csv.reader(results_csv.open()))
+    header = [h.strip() for h in rows[0]]
+    columns = [header.index(f"train/{term}_loss") for term in ("box", "obj", "cls")]
+    return [[float(row[c]) for c in columns] for row in rows[1:]]
 
 
 def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> dict:
@@ -64,7 +79,7 @@ def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> d
     remapped = []
     for record in predictions:
         image_id = record["image_id"]
-        image_id = ids[str(image_id)] if str(image_id) in ids else image_id
+        image_id = ids.get(str(image_id), image_id)
         remapped.append({**record, "image_id": image_id})
     return evaluate_coco(ground_truth, remapped)
 
@@ -129,17 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = load_data_config(options.data)
     common = ["--epochs", str(options.epochs), "--imgsz", str(options.imgsz), "--batch-size", str(options.batch),
-              "--seed", str(options.seed), "--workers", str(options.workers), "--device", "cpu", "--noval",
-              "--exist-ok"]
+              "--seed", str(options.seed), "--workers", str(options.workers), "--device", "cpu", "--exist-ok"]
     results = {}
 
     ours_dir = out / "ours"
-    if not options.skip_ours:
-        _, output = run([sys.executable, "train.py", "--cfg", options.cfg, "--data", options.data, "--project",
-                         str(out), "--name", "ours", "--quiet", *common], out / "ours.log")
-    output = (out / "ours.log").read_text()
+    seconds = train([] if options.skip_ours else
+                    [sys.executable, "train.py", "--cfg", options.cfg, "--data", options.data, "--project", str(out),
+                     "--name", "ours", "--quiet", *common], out, "ours")
     predictions, metrics = our_predictions(ours_dir / "weights" / "best.pt", data, options.imgsz, 32)
-    results["ours"] = {"hours": epochs_hours(output), "map50": metrics["map50"], "map": metrics["map"],
+    results["ours"] = {"seconds": seconds, "map50": metrics["map50"], "map": metrics["map"],
                        "coco": coco_score(data["val"], predictions, data)["map"]}
 
     peer_dir = out / "peer"
@@ -149,34 +162,41 @@ def main(argv: list[str] | None = None) -> int:
     (peer_list / "train.txt").write_text("\n".join(str(p) for p in data["train"]) + "\n")
     (peer_list / "val.txt").write_text("\n".join(str(p) for p in data["val"]) + "\n")
     peer_data.write_text(json.dumps({"path": str(peer_list), "train": "train.txt", "val": "val.txt",
-                                     "names": dict(enumerate(data["names"]))}))
+                                     "names": list(data["names"])}))  # JSON keys would be strings
+    seconds = train([] if options.skip_peer else
+                    ["bash", options.peer, "train", "--cfg", options.cfg, "--weights", "", "--data", str(peer_data),
+                     "--project", str(out), "--name", "peer", *common], out, "peer", cwd=out)
     if not options.skip_peer:
-        run(["bash", options.peer, "train", "--cfg", options.cfg, "--weights", "", "--data", str(peer_data),
-             "--project", str(out), "--name", "peer", *common], out / "peer.log")
         run(["bash", options.peer, "val", "--weights", str(peer_dir / "weights" / "best.pt"), "--data", str(peer_data),
              "--imgsz", str(options.imgsz), "--save-json", "--project", str(out), "--name", "peer-val", "--exist-ok",
-             "--device", "cpu"], out / "peer-val.log")
-    peer_output = (out / "peer.log").read_text()
+             "--device", "cpu"], out / "peer-val.log", cwd=out)
     val_output = (out / "peer-val.log").read_text()
     match = re.search(r"\ball\s+\d+\s+\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)\s+([0-9.]+)", val_output)
     peer_predictions = json.loads((out / "peer-val" / "best_predictions.json").read_text())
-    results["peer"] = {"hours": epochs_hours(peer_output),
+    results["peer"] = {"seconds": seconds,
                        "map50": float(match.group(1)) if match else peer_results(peer_dir)[0],
                        "map": float(match.group(2)) if match else peer_results(peer_dir)[1],
                        "coco": coco_score(data["val"], peer_predictions, data)["map"]}
 
     images = options.epochs * len(data["train"])
-    lines = [f"{options.cfg}, {options.epochs} epochs, {options.imgsz} px, batch {options.batch}, seed {options.seed}, "
-             f"{len(data['train'])} train / {len(data['val'])} val images, CPU",
+    lines = [(f"{options.cfg}, {options.epochs} epochs, {options.imgsz} px, batch {options.batch}, "
+              f"seed {options.seed}, {len(data['train'])} train / {len(data['val'])} val images, CPU"),
              "| engine | train img/s | mAP50 (own) | mAP50-95 (own) | mAP50-95 (pycocotools) |", "|---|---|---|---|---|"]
     for name, label in (("ours", "slimneck-yolo"), ("peer", "upstream YOLOv5 7.0")):
         r = results[name]
-        r["images_per_second"] = images / (r["hours"] * 3600)
+        r["images_per_second"] = images / r["seconds"]
         lines.append(f"| {label} | {r['images_per_second']:.1f} | {r['map50']:.4f} | {r['map']:.4f} | {r['coco']:.4f} |")
     ours, peer = results["ours"], results["peer"]
     lines.append(f"| ours / upstream | {ours['images_per_second'] / peer['images_per_second']:.3f} | "
                  f"{ours['map50'] / max(peer['map50'], 1e-9):.3f} | {ours['map'] / max(peer['map'], 1e-9):.3f} | "
                  f"{ours['coco'] / max(peer['coco'], 1e-9):.3f} |")
+    ours_losses, peer_losses = train_losses(ours_dir / "results.csv"), train_losses(peer_dir / "results.csv")
+    lines += ["", "mean training loss per epoch (box / obj / cls)", "| epoch | slimneck-yolo | upstream YOLOv5 7.0 |",
+              "|---|---|---|"]
+    shown = sorted({0, 1, 2} | set(range(4, options.epochs, 5)) | {options.epochs - 1})
+    for epoch in (e for e in shown if e < min(len(ours_losses), len(peer_losses))):
+        lines.append(f"| {epoch} | " + " | ".join(" / ".join(f"{v:.4f}" for v in losses[epoch])
+                                                  for losses in (ours_losses, peer_losses)) + " |")
     table = "\n".join(lines)
     (out / "parity.md").write_text(table + "\n")
     (out / "parity.json").write_text(json.dumps(results, indent=2))

@@ -42,7 +42,7 @@ from models.upstream import (
 from models.yolo import DetectionModel
 
 __all__ = ["FORMAT_NAME", "CheckpointError", "UnsafeCheckpointError", "build_checkpoint", "load_checkpoint",
-           "load_model", "save_checkpoint", "to_plain", "transfer_state_dict"]
+           "load_model", "save_checkpoint", "strip_training_state", "to_plain", "transfer_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,21 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
             os.unlink(temporary)
         raise
     _fsync_directory(path.parent)
+
+
+def strip_training_state(path: str | Path) -> int:
+    """Turn a finished run's checkpoint into a deploy / fine-tuning one, in place (atomically): the EMA weights
+    become ``model``; the optimizer, scheduler and second weight copy are dropped (about a third of the size left).
+    Returns the new size in bytes. Such a checkpoint cannot be resumed (it has no optimizer state)."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    if checkpoint["ema"] is not None:
+        checkpoint["model"] = checkpoint["ema"]
+    checkpoint.update(ema=None, optimizer=None, scheduler=None)
+    extra = {key: value for key, value in checkpoint["extra"].items() if key not in ("grad_scaler", "last_step")}
+    checkpoint["extra"] = {**extra, "stripped": True}
+    save_checkpoint(path, checkpoint)
+    return path.stat().st_size
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -5,8 +5,9 @@
 
 Each config is trained with the same data, hyperparameters, epochs and seed (the train.py engine), in its own folder
 ``runs/compare/<name>/<cfg>``; an interrupted comparison resumes and skips finished runs. Then every best.pt is
-validated, and the fused models' batch-1 latency is measured side by side in this process (warm-up, then the median of
-interleaved runs) with PyTorch and, when installed, ONNX Runtime. Prints one table with ratios to the first row, and
+validated, and the models' batch-1 latency is measured side by side in this process (warm-up, then the median of
+interleaved runs) in their deploy form: with PyTorch, fused + ``models.deploy.optimize_for_inference`` in channels_last
+memory format; and, when installed, with ONNX Runtime on the graph export.py writes. Prints one table with ratios to the first row, and
 writes compare.csv, compare.md and compare.png.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from engine.cli import run_command
 from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
+from models.deploy import optimize_for_inference
 from models.yolo import DetectionModel, count_gflops, count_parameters
 
 logger = logging.getLogger("compare")
@@ -86,10 +88,10 @@ def validate(weights: Path, options: argparse.Namespace) -> dict:
 
 def measure_latency(rows: list[Row], imgsz: int, runs: int, warmup: int, with_onnx: bool) -> None:
     """Median batch-1 latency per model, interleaving the models run by run so load changes hit all equally."""
-    image = torch.rand(1, 3, imgsz, imgsz)
+    image = torch.rand(1, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
     runners: dict[str, list] = {"torch": [], "onnx": []}
     for row in rows:
-        model = row.model
+        model = optimize_for_inference(row.model).to(memory_format=torch.channels_last)
         runners["torch"].append(lambda m=model: m(image))
     if with_onnx:
         runners["onnx"] = [_onnx_runner(row.model, imgsz) for row in rows]
@@ -248,7 +250,8 @@ def run(options: argparse.Namespace) -> list[Row]:
         logger.warning("onnx/onnxruntime not installed: no ONNX Runtime latency (pip install -r requirements-dev.txt)")
     measure_latency(rows, options.imgsz, options.latency_runs, options.latency_warmup, with_onnx)
     write_outputs(rows, save_dir)
-    logger.info("\n%s\n\nlatency: fused, batch 1, %dx%d, %d threads, median of %d interleaved runs. Saved %s",
+    logger.info("\n%s\n\nlatency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads, median of %d "
+                "interleaved runs. Saved %s",
                 format_table(rows), options.imgsz, options.imgsz, torch.get_num_threads(), options.latency_runs,
                 save_dir / "compare.md")
     return rows

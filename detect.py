@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import torch
 
-from engine.cli import run_command
 from engine.boxes import scale_boxes
+from engine.cli import add_inference_arguments, add_output_arguments, run_command
 from engine.ops import non_max_suppression
 from engine.predict import (Frame, SourceError, describe_detections, iterate_frames, load_detector,
                             resolve_source, write_yolo_labels)
@@ -229,28 +229,17 @@ class _Writer:
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (YOLOv5 detect.py flag names)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", nargs="+", required=True, help=".pt checkpoint(s) or one .onnx model")
+    add_inference_arguments(parser, conf_thres=0.25, iou_thres=0.45, max_det=1000)
     parser.add_argument("--source", required=True, help="image, video, folder, glob pattern or .txt list of paths")
-    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    parser.add_argument("--conf-thres", type=float, default=0.25, help="confidence threshold")
-    parser.add_argument("--iou-thres", type=float, default=0.45, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=1000, help="maximum detections per image")
-    parser.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu")
     parser.add_argument("--classes", nargs="+", type=int, help="keep only these class ids")
     parser.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
-    parser.add_argument("--augment", action="store_true", help="test-time augmentation (.pt models)")
-    parser.add_argument("--save-txt", action="store_true", help="save detections to labels/<image>.txt")
-    parser.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt rows")
     parser.add_argument("--save-crop", action="store_true", help="save each detection to crops/<class>/")
     parser.add_argument("--nosave", action="store_true", help="do not save annotated images or videos")
     parser.add_argument("--view-img", action="store_true", help="show results in a window (needs a display)")
     parser.add_argument("--line-thickness", type=int, default=3, help="box line thickness (pixels)")
     parser.add_argument("--hide-labels", action="store_true", help="draw boxes without captions")
     parser.add_argument("--hide-conf", action="store_true", help="captions without the confidence")
-    parser.add_argument("--project", default=str(ROOT / "runs" / "detect"), help="save results to project/name")
-    parser.add_argument("--name", default="exp", help="save results to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
-    parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    add_output_arguments(parser, ROOT / "runs" / "detect")
     return parser.parse_args(argv)
 
 

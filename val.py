@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.cli import run_command
+from engine.cli import add_inference_arguments, add_output_arguments, run_command
 from engine.coco import evaluate_coco, predictions_to_coco, save_json, yolo_to_coco_gt
 from engine.dataloader import create_dataloader
 from engine.dataset import DatasetError, load_data_config
@@ -182,26 +182,15 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (YOLOv5 val.py flag names)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT / "data" / "shapes.yaml"), help="dataset YAML")
-    parser.add_argument("--weights", nargs="+", required=True, help=".pt checkpoint(s) or one .onnx model")
+    add_inference_arguments(parser, conf_thres=0.001, iou_thres=0.6, max_det=300)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
-    parser.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
-    parser.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    parser.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
     parser.add_argument("--task", default="val", choices=TASKS, help="split to score, or 'speed' for latency only")
-    parser.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu")
     parser.add_argument("--workers", type=int, default=8, help="max dataloader workers")
     parser.add_argument("--single-cls", action="store_true", help="score every class as one")
-    parser.add_argument("--augment", action="store_true", help="test-time augmentation (.pt models)")
     parser.add_argument("--verbose", action="store_true", help="report mAP per class")
-    parser.add_argument("--save-txt", action="store_true", help="save detections to labels/<image>.txt")
-    parser.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt rows")
     parser.add_argument("--save-json", action="store_true", help="save COCO-format predictions and score them "
                         "with pycocotools")
-    parser.add_argument("--project", default=str(ROOT / "runs" / "val"), help="save results to project/name")
-    parser.add_argument("--name", default="exp", help="save results to project/name")
-    parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
-    parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    add_output_arguments(parser, ROOT / "runs" / "val")
     parser.add_argument("--noplots", action="store_true", help="write no curves, confusion matrix or batch images")
     return parser.parse_args(argv)
 

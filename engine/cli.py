@@ -1,7 +1,9 @@
 """What every command-line entry point shares: console logging and one exit-code convention."""
 from __future__ import annotations
 
+import argparse
 import logging
+from pathlib import Path
 from typing import Callable
 
 logger = logging.getLogger("slimneck")
@@ -21,3 +23,25 @@ def run_command(action: Callable[[], object]) -> int:
         logger.error("error: %s", error)
         return 2
     return 0
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, conf_thres: float, iou_thres: float,
+                            max_det: int) -> None:
+    """The flags val.py and detect.py share (YOLOv5 names); the thresholds' defaults differ between the two."""
+    parser.add_argument("--weights", nargs="+", required=True, help=".pt checkpoint(s) or one .onnx model")
+    parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
+    parser.add_argument("--conf-thres", type=float, default=conf_thres, help="confidence threshold")
+    parser.add_argument("--iou-thres", type=float, default=iou_thres, help="NMS IoU threshold")
+    parser.add_argument("--max-det", type=int, default=max_det, help="maximum detections per image")
+    parser.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu")
+    parser.add_argument("--augment", action="store_true", help="test-time augmentation (.pt models)")
+    parser.add_argument("--save-txt", action="store_true", help="save detections to labels/<image>.txt")
+    parser.add_argument("--save-conf", action="store_true", help="add the confidence to --save-txt rows")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, project: Path) -> None:
+    """Where results go (``project/name``, incremented unless --exist-ok) and --half, as in val.py and detect.py."""
+    parser.add_argument("--project", default=str(project), help="save results to project/name")
+    parser.add_argument("--name", default="exp", help="save results to project/name")
+    parser.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
+    parser.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")

@@ -123,6 +123,9 @@ class Trainer:
         if options.resume:
             checkpoint_path = find_resume_checkpoint(options.resume, options.project)
             self.resume_state = load_checkpoint(checkpoint_path)
+            if self.resume_state["optimizer"] is None:
+                raise ValueError(f"{checkpoint_path} already finished training (its optimizer state was stripped); "
+                                 f"nothing to resume. To train further, start a new run with --weights {checkpoint_path}")
             saved = self.resume_state["options"]
             saved.update(resume=str(checkpoint_path), exist_ok=True, device=options.device or saved.get("device", ""),
                          workers=options.workers)
@@ -399,12 +402,22 @@ class Trainer:
             save_plots(result, self.save_dir, self.names)
             from engine.metric_plots import plot_results_csv
             plot_results_csv(self.save_dir / "results.csv")
+        self._strip_checkpoints()
         speed = images_seen / max(train_seconds, 1e-9)
         logger.info("%d epochs completed in %.3f hours (%.1f train images/s).\n%s", epochs_run, train_seconds / 3600,
                     speed, result.table)
         logger.info("Results saved to %s; weights: %s and %s", self.save_dir, best, self.weights_dir / "last.pt")
         return {**{k: v for k, v in result.metrics.items() if k != "per_class"}, "save_dir": str(self.save_dir),
                 "train_images_per_second": speed, "train_seconds": train_seconds, "epochs_run": epochs_run}
+
+
+    def _strip_checkpoints(self) -> None:
+        """As YOLOv5 does at the end: keep only the EMA weights in last.pt and best.pt (no optimizer state)."""
+        from models.weights import strip_training_state
+
+        for path in (self.weights_dir / "last.pt", self.weights_dir / "best.pt"):
+            if path.is_file():
+                logger.info("Optimizer stripped from %s, %.1f MB", path, strip_training_state(path) / 1e6)
 
 
 class EarlyStopping:

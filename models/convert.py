@@ -3,7 +3,7 @@
     python -m models.convert yolov5s.pt -o yolov5s-ours.pt
     python -m models.convert yolov5s.pt --cfg yolov5s-slimneck.yaml -o slimneck-init.pt   # transfer what matches
 
-The official file is read without running its code (see ``models/weights.py``); the output loads with
+The official file is read without running its code (see ``models/upstream.py``); the output loads with
 ``torch.load(weights_only=True)`` and needs no upstream code.
 """
 from __future__ import annotations

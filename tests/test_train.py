@@ -12,6 +12,7 @@ import torch
 
 from data.shapes import generate_dataset
 from engine.trainer import Trainer, TrainingInterrupted, TrainOptions
+from models.yolo import DetectionModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,15 +40,21 @@ def test_train_writes_yolov5_outputs(tiny_data, tmp_path):
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"train/box_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/obj_loss", "x/lr0"} <= set(rows[0])
-    checkpoint = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
-    assert checkpoint["epoch"] == 1 and checkpoint["ema"] is not None and checkpoint["optimizer"] is not None
-    assert checkpoint["names"] == ["rectangle", "ellipse", "triangle", "star", "cross", "ring"]
+    model_keys = DetectionModel("yolov5n.yaml", num_classes=6).state_dict().keys()
+    for name in ("last.pt", "best.pt"):  # a finished run keeps only the EMA weights, as YOLOv5 does
+        checkpoint = torch.load(run / "weights" / name, map_location="cpu", weights_only=True)
+        assert checkpoint["ema"] is None and checkpoint["optimizer"] is None and checkpoint["scheduler"] is None
+        assert checkpoint["extra"]["stripped"] and set(checkpoint["model"]) == set(model_keys)
+    assert checkpoint["epoch"] == 1 and checkpoint["names"] == ["rectangle", "ellipse", "triangle", "star", "cross",
+                                                                "ring"]
     # a second run with the same name goes to run2 (YOLOv5's exp, exp2, ...)
     second = Trainer(options(tiny_data, tmp_path, epochs=1))
     assert second.save_dir == tmp_path / "run2"
 
 
 def test_resume_after_interruption_continues_exactly(tiny_data, tmp_path, monkeypatch):
+    # compare the complete training state at the end (stripping it from finished runs is tested above)
+    monkeypatch.setattr(Trainer, "_strip_checkpoints", lambda self: None)
     reference = Trainer(options(tiny_data, tmp_path / "a", epochs=3))
     reference.run()
     expected = torch.load(tmp_path / "a" / "run" / "weights" / "last.pt", weights_only=True)
@@ -129,7 +136,7 @@ def test_two_process_gloo_ddp_run(tiny_data, tmp_path):
 def test_weights_with_another_cfg_keep_the_pretrained_backbone(tiny_data, tmp_path):
     Trainer(options(tiny_data, tmp_path, epochs=1, name="base")).run()
     best = tmp_path / "base" / "weights" / "best.pt"
-    source = torch.load(best, weights_only=True)["ema"]
+    source = torch.load(best, weights_only=True)["model"]  # the EMA weights, after stripping
     trainer = Trainer(options(tiny_data, tmp_path, cfg="yolov5n-slimneck.yaml", weights=str(best), name="slim"))
     state = trainer.model.state_dict()
     backbone = [k for k in source if k.startswith(tuple(f"layers.{i}." for i in range(10)))]

@@ -31,9 +31,23 @@ from models import DetectionModel
 from models.convert import main as convert_main
 from models.modules.heads import ImplicitAdd, ImplicitMultiply
 from models.parse import CFG_DIR
-from models.weights import (FORMAT_NAME, CheckpointError, RestrictedUnpickler, UnsafeCheckpointError, _open_archive,
-                            build_checkpoint, load_checkpoint, load_model, read_upstream_checkpoint, save_checkpoint,
-                            transfer_state_dict, upstream_key_map, upstream_model_config)
+from models.upstream import (
+    RestrictedUnpickler,
+    UnsafeCheckpointError,
+    _open_archive,
+    read_upstream_checkpoint,
+    upstream_key_map,
+    upstream_model_config,
+)
+from models.weights import (
+    FORMAT_NAME,
+    CheckpointError,
+    build_checkpoint,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    transfer_state_dict,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = 64

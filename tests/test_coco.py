@@ -106,7 +106,7 @@ def make_fixture(seed: int, duplicate_rate: float, num_images: int = 30, num_cla
     return files, labels, shapes, detections
 
 
-def ours_and_coco(fixture, match_by: str = "iou"):
+def ours_and_coco(fixture, match_by: str = "score"):
     files, labels, shapes, detections = fixture
     gt, ids = yolo_to_coco_gt(files, labels, shapes, NAMES)
     image_ids = [ids[file.split(".")[0]] for file in files]
@@ -130,10 +130,11 @@ def test_agrees_with_pycocotools(seed):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_duplicates_coco_rule_agrees_yolov5_rule_is_lower(seed):
     """With competing detections the matching rule matters: COCOeval gives the box to the most confident
-    detection, YOLOv5's rule to the best-placed one. match_by="score" reproduces COCOeval; the default
-    "iou" rule ranks some true positives below false positives here, so its AP is lower."""
+    detection, YOLOv5's rule to the best-placed one. The default (match_by="score") reproduces COCOeval, as
+    the trainer and val.py report it; the "iou" rule ranks some true positives below false positives here,
+    so its AP is lower."""
     fixture = make_fixture(seed, duplicate_rate=0.3)
-    by_score, coco = ours_and_coco(fixture, match_by="score")
+    by_score, coco = ours_and_coco(fixture, match_by=DetectionMetrics(1).match_by)
     assert by_score["map"] == pytest.approx(coco["map"], abs=0.005)
     assert by_score["map50"] == pytest.approx(coco["map50"], abs=0.005)
     by_iou, _ = ours_and_coco(fixture, match_by="iou")

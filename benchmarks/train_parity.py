@@ -1,6 +1,6 @@
 """Train-parity benchmark: our engine against upstream YOLOv5 7.0 on the same data, epochs, image size, batch and seed.
 
-    python -m benchmarks.train_parity --epochs 30 --imgsz 320 --batch 16
+    python -m benchmarks.train_parity --epochs 60 --imgsz 320 --batch 16
         [--cfg yolov5n.yaml] [--data data/shapes.yaml] [--peer ../shared/peer/yolov5.sh] [--out runs/parity]
 
 Both engines train from scratch with hyp.scratch-low and validate after every epoch (the packaged peer crashes

@@ -68,8 +68,9 @@ def check_training(report: Report, data: Path, out: Path, device: str, imgsz: in
                       "--workers", "4", "--project", str(out), "--name", "train", "--exist-ok", "--noplots",
                       "--quiet"])
     best = out / "train" / "weights" / "best.pt"
+    step = f"train.py on {device}{' (AMP)' if device != 'cpu' else ''}"
     if result.returncode or not best.is_file():
-        report.add("train.py (AMP on CUDA)", "FAIL", tail(result))
+        report.add(step, "FAIL", tail(result))
         return None
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)
     dtypes = {tensor.dtype for tensor in checkpoint["model"].values() if tensor.is_floating_point()}
@@ -77,7 +78,7 @@ def check_training(report: Report, data: Path, out: Path, device: str, imgsz: in
     losses = [float(value) for row in rows for value in row.split(",")[1:4]]
     finite = all(loss == loss and abs(loss) != float("inf") for loss in losses)
     status = "PASS" if dtypes == {torch.float32} and finite else "FAIL"
-    report.add("train.py (AMP on CUDA)", status, f"{len(rows)} epochs, train losses {rows[-1].split(',')[1:4]}, "
+    report.add(step, status, f"{len(rows)} epochs, train losses {rows[-1].split(',')[1:4]}, "
                f"checkpoint dtypes {sorted(map(str, dtypes))}")
     return best
 

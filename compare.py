@@ -19,13 +19,13 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from engine.cli import run_command
+from engine.torch_utils import interleaved_timings
 from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 from models.deploy import optimize_for_inference
 from models.yolo import DetectionModel, count_gflops, count_parameters
@@ -87,43 +87,29 @@ def validate(weights: Path, options: argparse.Namespace) -> dict:
 
 
 def measure_latency(rows: list[Row], imgsz: int, runs: int, warmup: int, with_onnx: bool) -> None:
-    """Median batch-1 latency per model, interleaving the models run by run so load changes hit all equally."""
+    """Median batch-1 latency per model and backend, the models of one backend interleaved run by run."""
     image = torch.rand(1, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
-    runners: dict[str, list] = {"torch": [], "onnx": []}
-    for row in rows:
+    runners: dict[str, dict] = {"torch_ms": {}, "onnx_ms": {}}
+    for index, row in enumerate(rows):
         model = optimize_for_inference(row.model).to(memory_format=torch.channels_last)
-        runners["torch"].append(lambda m=model: m(image))
-    if with_onnx:
-        runners["onnx"] = [_onnx_runner(row.model, imgsz) for row in rows]
-    for backend, functions in runners.items():
-        if not functions:
-            continue
-        times: list[list[float]] = [[] for _ in functions]
+        runners["torch_ms"][index] = lambda m=model: m(image)
+        if with_onnx:
+            runners["onnx_ms"][index] = _onnx_runner(row.model, imgsz)
+    for attribute, functions in runners.items():
         with torch.inference_mode():
-            for _ in range(warmup):
-                for function in functions:
-                    function()
-            for _ in range(runs):
-                for index, function in enumerate(functions):
-                    start = time.perf_counter()
-                    function()
-                    times[index].append((time.perf_counter() - start) * 1e3)
-        for row, samples in zip(rows, times):
-            setattr(row, "torch_ms" if backend == "torch" else "onnx_ms", statistics.median(samples))
+            times = interleaved_timings(functions, runs, warmup)
+        for index, samples in times.items():
+            setattr(rows[index], attribute, statistics.median(samples) * 1e3)
 
 
 def _onnx_runner(model: DetectionModel, imgsz: int):
-    import onnxruntime
-
+    from engine.backends import OnnxBackend
     from export import export_onnx
 
     path = Path(tempfile.mkdtemp(prefix="compare-onnx-")) / "model.onnx"
     export_onnx(model, path, imgsz=imgsz)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    feed = {name: torch.rand(1, 3, imgsz, imgsz).numpy()}
+    session = OnnxBackend(path, "cpu", threads=torch.get_num_threads()).session
+    feed = {session.get_inputs()[0].name: torch.rand(1, 3, imgsz, imgsz).numpy()}
     return lambda: session.run(None, feed)
 
 

@@ -13,18 +13,17 @@ Steps (each reported PASS / FAIL / SKIP, the script goes on after a failure and 
 5. DDP with NCCL: ``torchrun`` with 2 processes when the machine has 2 GPUs or more (NCCL cannot put two ranks on
    one GPU; otherwise SKIP);
 6. latency of yolov5s vs yolov5s-slimneck (random weights), fused + deploy rewrites, fp16 (fp32 on the CPU),
-   channels_last, batch 1 and 32: CUDA-event timing, interleaved rounds, median per model, and the slim/base ratio.
+   channels_last, batch 1 and 32: interleaved rounds (synchronized after each forward), median per model, and
+   the slim/base ratio.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(ROOT))
 
 from data.shapes import generate_dataset  # noqa: E402
+from engine.torch_utils import interleaved_timings  # noqa: E402
 from models.deploy import optimize_for_inference  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 
@@ -133,39 +133,25 @@ def latency(report: Report, device: torch.device, half: bool, imgsz: int, batche
         model = DetectionModel(cfg).fuse().eval()
         models[cfg] = optimize_for_inference(model).to(device, dtype).to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
-    rng = random.Random(0)
     lines = [f"latency, {'CUDA ' + torch.cuda.get_device_name(device) if cuda else 'CPU'}, {str(dtype)[6:]}, "
              f"channels_last, {imgsz}x{imgsz}, fused + deploy rewrites, median of {runs} interleaved rounds"]
     for batch in batches:
         images = torch.rand(batch, 3, imgsz, imgsz, device=device, dtype=dtype).contiguous(
             memory_format=torch.channels_last)
-        times: dict[str, list[float]] = {cfg: [] for cfg in cfgs}
-        order = list(cfgs)
+
+        def runner(model: torch.nn.Module):
+            def run():
+                model(images)
+                if cuda:
+                    torch.cuda.synchronize(device)  # the timer reads the clock when the kernels have finished
+            return run
+
         with torch.inference_mode():
-            for _ in range(10):
-                for cfg in cfgs:
-                    models[cfg](images)
-            for _ in range(runs):
-                rng.shuffle(order)
-                for cfg in order:
-                    times[cfg].append(_time_one(models[cfg], images, cuda))
-        base, slim = (statistics.median(times[cfg]) for cfg in cfgs)
+            times = interleaved_timings({cfg: runner(models[cfg]) for cfg in cfgs}, runs, warmup=10)
+        base, slim = (statistics.median(times[cfg]) * 1000 for cfg in cfgs)
         lines.append(f"  batch {batch:>3}: yolov5s {base:8.2f} ms   yolov5s-slimneck {slim:8.2f} ms   "
                      f"slim/base {slim / base:.3f}   ({1000 * batch / slim:.0f} vs {1000 * batch / base:.0f} img/s)")
     report.add("latency yolov5s vs yolov5s-slimneck", "PASS", "\n".join(lines))
-
-
-def _time_one(model: torch.nn.Module, images: torch.Tensor, cuda: bool) -> float:
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        model(images)
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end)
-    start_time = time.perf_counter()
-    model(images)
-    return (time.perf_counter() - start_time) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:

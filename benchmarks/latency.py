@@ -51,6 +51,7 @@ if __package__ in (None, ""):
     # Run as ``python benchmarks/latency.py``: make the repository's packages importable.
     sys.path.insert(0, str(REPO))
 
+from engine.torch_utils import interleaved_timings  # noqa: E402
 from models.deploy import DEPLOY_REWRITES, apply_rewrites  # noqa: E402
 from models.modules.conv import Conv  # noqa: E402
 from models.yolo import DetectionModel, count_gflops  # noqa: E402
@@ -198,25 +199,6 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def measure(runners: dict[str, Callable[[], object]], rounds: int, warmup: int, seed: int = 0
-            ) -> dict[str, list[float]]:
-    """Interleaved timing: ``warmup`` untimed rounds, then ``rounds`` rounds, each running every runner once in
-    a freshly shuffled order. Returns the per-round seconds of each runner."""
-    order = list(runners)
-    rng = random.Random(seed)
-    for _ in range(warmup):
-        for key in order:
-            runners[key]()
-    times: dict[str, list[float]] = {key: [] for key in order}
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for key in order:
-            start = time.perf_counter()
-            runners[key]()
-            times[key].append(time.perf_counter() - start)
-    return times
-
-
 def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgsz: int, threads: int, rounds: int,
                   warmup: int, workdir: Path) -> dict[tuple[str, str], Timing]:
     """Time every (backend, variant) for one batch size; returns {(backend, label): Timing}. Rows that a backend
@@ -238,7 +220,7 @@ def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgs
                 continue
             if runner is not None:
                 runners[key] = runner
-        for key, times in measure(runners, rounds, warmup).items():
+        for key, times in interleaved_timings(runners, rounds, warmup).items():
             results[key] = Timing(times)
         runners.clear()
         gc.collect()

@@ -1,9 +1,10 @@
-"""Device selection, seeding and distributed-training helpers."""
+"""Device selection, seeding, distributed-training helpers and the interleaved timer of the latency reports."""
 from __future__ import annotations
 
 import logging
 import os
 import random
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -77,3 +78,22 @@ def rank_zero_first(rank: int) -> Iterator[None]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DataParallel / DistributedDataParallel."""
     return model.module if isinstance(model, (nn.parallel.DataParallel, nn.parallel.DistributedDataParallel)) else model
+
+
+def interleaved_timings(runners: dict, rounds: int, warmup: int, seed: int = 0) -> dict[object, list[float]]:
+    """Time no-argument callables side by side: ``warmup`` untimed rounds, then ``rounds`` rounds that each run
+    every runner once in a freshly shuffled order, so a change in machine load hits all of them alike. Returns
+    the per-round seconds of each runner (a CUDA runner must synchronize before it returns)."""
+    order = list(runners)
+    rng = random.Random(seed)
+    for _ in range(warmup):
+        for key in order:
+            runners[key]()
+    times: dict[object, list[float]] = {key: [] for key in order}
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            start = time.perf_counter()
+            runners[key]()
+            times[key].append(time.perf_counter() - start)
+    return times

@@ -26,9 +26,10 @@ import torch
 import torch.nn as nn
 
 from engine.backends import MissingDependencyError, require_onnx, require_onnxruntime
+from engine.cli import run_command
 from models.deploy import optimize_for_inference
 from models.modules.heads import Detect
-from models.registry import ConfigError
+from models.weights import load_model
 from models.yolo import DetectionModel
 
 logger = logging.getLogger(__name__)
@@ -163,10 +164,6 @@ def compare_with_pytorch(model: DetectionModel, path: str | Path, images: torch.
 def load_for_export(weights: str | None, cfg: str | None, num_classes: int | None, device: str) -> DetectionModel:
     """A model from ``--weights`` (via models.weights) or, without weights, a randomly initialised ``--cfg``."""
     if weights:
-        try:
-            from models.weights import load_model
-        except ImportError as error:
-            raise MissingDependencyError(f"loading --weights needs models/weights.py ({error})") from None
         model, _ = load_model(weights, cfg=cfg, num_classes=num_classes, device=device, use_ema=True, fuse=False)
         return model
     if not cfg:
@@ -201,28 +198,19 @@ def default_output(weights: str | None, cfg: str | None) -> Path:
     return Path(Path(cfg).stem + ".onnx")
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    options = parse_args(argv)
+def export(options: argparse.Namespace) -> Path:
+    """The command line's work: export, then compare ONNX Runtime with PyTorch when onnxruntime is installed."""
     unknown = [f for f in options.include if f.lower() not in FORMATS]
     if unknown:
-        logger.error("error: --include %s is not supported; supported formats: %s", " ".join(unknown),
-                     ", ".join(FORMATS))
-        return 2
-    try:
-        device = torch.device(options.device if options.device != "cuda" else "cuda:0")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {options.device}: CUDA is not available on this machine; use --device cpu")
-        if options.half and device.type != "cuda":
-            raise ValueError("--half (float16 export) needs a CUDA --device; export in float32 on CPU")
-        require_onnx()
-        model = load_for_export(options.weights, options.cfg, options.nc, str(device))
-        output = Path(options.output) if options.output else default_output(options.weights, options.cfg)
-        path = export_onnx(model, output, options.imgsz, options.batch_size, options.dynamic, options.half,
-                           options.opset, options.optimize, options.simplify, device)
-    except (MissingDependencyError, ValueError, FileNotFoundError, ConfigError) as error:
-        logger.error("error: %s", error)
-        return 2
+        raise ValueError(f"--include {' '.join(unknown)} is not supported; supported formats: {', '.join(FORMATS)}")
+    device = torch.device(options.device if options.device != "cuda" else "cuda:0")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {options.device}: CUDA is not available on this machine; use --device cpu")
+    require_onnx()
+    model = load_for_export(options.weights, options.cfg, options.nc, str(device))
+    output = Path(options.output) if options.output else default_output(options.weights, options.cfg)
+    path = export_onnx(model, output, options.imgsz, options.batch_size, options.dynamic, options.half,
+                       options.opset, options.optimize, options.simplify, device)
     if options.half:
         logger.info("float16 model: the ONNX Runtime comparison runs in float32 only; skipped")
     else:
@@ -238,7 +226,13 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("ONNX Runtime vs PyTorch: max abs difference %.3g (decoded outputs, pixels and scores)",
                         difference)
     logger.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
-    return 0
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 for unusable input or a missing onnx package)."""
+    options = parse_args(argv)
+    return run_command(lambda: export(options))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from engine.backends import MissingDependencyError
+
 logger = logging.getLogger("slimneck")
 
-USAGE_ERRORS = (FileNotFoundError, ValueError)  # bad input: say what is wrong, exit 2, no traceback
+# Bad input or a missing optional package (onnx, onnxruntime): say what is wrong, exit 2, no traceback.
+USAGE_ERRORS = (FileNotFoundError, ValueError, MissingDependencyError)
 
 
 def run_command(action: Callable[[], object]) -> int:

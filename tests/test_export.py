@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX extras are optional")
 import export  # noqa: E402
 from engine.backends import MissingDependencyError, OnnxBackend  # noqa: E402
 from models.parse import CFG_DIR  # noqa: E402
+from models.weights import build_checkpoint, save_checkpoint  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,11 +168,10 @@ def test_export_cli_reports_errors(tmp_path, caplog):
 
 
 def test_export_from_a_checkpoint(tmp_path):
-    weights = pytest.importorskip("models.weights", reason="checkpoint loading lives in models/weights.py")
     model = model_with_statistics("yolov7-tiny-slimneck.yaml", num_classes=2)
     model.names = ["cat", "dog"]
     checkpoint = tmp_path / "best.pt"
-    weights.save_checkpoint(checkpoint, weights.build_checkpoint(model))
+    save_checkpoint(checkpoint, build_checkpoint(model))
     assert export.main(["--weights", str(checkpoint), "--imgsz", "64"]) == 0
     backend = OnnxBackend(tmp_path / "best.onnx")
     assert backend.names == ["cat", "dog"]

@@ -50,14 +50,20 @@ def train(command: list[str], out: Path, name: str, cwd: Path = ROOT) -> float:
     return float(timing.read_text())
 
 
-def train_losses(results_csv: Path) -> list[list[float]]:
-    """Per epoch: the mean (box, obj, cls) training loss from a YOLOv5-style results.csv."""
+def results_columns(results_csv: Path, columns: list[str]) -> list[list[float]]:
+    """Per epoch: the values of ``columns`` in a YOLOv5-style results.csv (both engines write one; upstream pads
+    its header with spaces)."""
     import csv
 
     rows = list(csv.reader(results_csv.open()))
     header = [h.strip() for h in rows[0]]
-    columns = [header.index(f"train/{term}_loss") for term in ("box", "obj", "cls")]
-    return [[float(row[c]) for c in columns] for row in rows[1:]]
+    indices = [header.index(column) for column in columns]
+    return [[float(row[i]) for i in indices] for row in rows[1:]]
+
+
+def train_losses(results_csv: Path) -> list[list[float]]:
+    """Per epoch: the mean (box, obj, cls) training loss."""
+    return results_columns(results_csv, [f"train/{term}_loss" for term in ("box", "obj", "cls")])
 
 
 def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> dict:
@@ -105,21 +111,14 @@ def our_predictions(weights: Path, data: dict, imgsz: int, batch: int) -> tuple[
 
 
 def _records(stem: str, detections) -> list[dict]:
+    """COCO result records keyed by file stem (engine.coco.predictions_to_coco takes numeric ids; coco_score maps
+    stems to the ground truth's ids, as it does for the peer's JSON)."""
     rows = []
     for x1, y1, x2, y2, score, cls in detections.tolist():
         rows.append({"image_id": stem, "category_id": int(cls),
                      "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                      "score": round(score, 5)})
     return rows
-
-
-def peer_results(run_dir: Path) -> tuple[float, float]:
-    import csv
-
-    rows = list(csv.reader((run_dir / "results.csv").open()))
-    header = [h.strip() for h in rows[0]]
-    last = [v.strip() for v in rows[-1]]
-    return float(last[header.index("metrics/mAP_0.5")]), float(last[header.index("metrics/mAP_0.5:0.95")])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,10 +171,12 @@ def main(argv: list[str] | None = None) -> int:
              "--device", "cpu"], out / "peer-val.log", cwd=out)
     val_output = (out / "peer-val.log").read_text()
     match = re.search(r"\ball\s+\d+\s+\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)\s+([0-9.]+)", val_output)
+    # the standalone val's table line; the last epoch of results.csv if that line is missing
+    peer_map50, peer_map = ((float(match.group(1)), float(match.group(2))) if match else
+                            results_columns(peer_dir / "results.csv", ["metrics/mAP_0.5", "metrics/mAP_0.5:0.95"])[-1])
     peer_predictions = json.loads((out / "peer-val" / "best_predictions.json").read_text())
     results["peer"] = {"seconds": seconds,
-                       "map50": float(match.group(1)) if match else peer_results(peer_dir)[0],
-                       "map": float(match.group(2)) if match else peer_results(peer_dir)[1],
+                       "map50": peer_map50, "map": peer_map,
                        "coco": coco_score(data["val"], peer_predictions, data)["map"]}
 
     images = options.epochs * len(data["train"])

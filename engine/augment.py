@@ -113,7 +113,7 @@ def mosaic4(images: list[np.ndarray], boxes: list[np.ndarray], size: int,
     return canvas, all_boxes
 
 
-def box_candidates(before: np.ndarray, after: np.ndarray, min_size: float = 2.0, max_aspect: float = 20.0,
+def box_candidates(before: np.ndarray, after: np.ndarray, min_size: float = 2.0, max_aspect: float = 100.0,
                    min_area_ratio: float = 0.1, eps: float = 1e-16) -> np.ndarray:
     """Boolean mask of boxes worth keeping after a geometric augmentation.
 

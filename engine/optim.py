@@ -48,6 +48,18 @@ def lr_lambda(epochs: int, lrf: float, cosine: bool = False):
     return lambda epoch: (1 - epoch / epochs) * (1.0 - lrf) + lrf
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch scheduler stepped once at the end of every epoch, with YOLOv5's timing.
+
+    YOLOv5 steps its scheduler one epoch late (its first step repeats epoch 0's value), so after warm-up
+    epoch ``e`` trains at ``lr0 * schedule(e - 1)`` and the last epoch at ``schedule(epochs - 2)``, not
+    ``schedule(epochs - 1)``. The difference is largest where the line approaches lrf: in a 60-epoch run
+    the last epoch's lr is 1.6x higher. We keep that timing so runs compare with YOLOv5's (a 60-epoch
+    parity run showed the engines' logged lr one epoch apart). Warm-up still targets ``schedule(epoch)``.
+    """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lambda epoch: schedule(max(epoch - 1, 0)))
+
+
 def apply_warmup(optimizer: torch.optim.Optimizer, iteration: int, warmup_iterations: int, epoch: int,
                  schedule, hyp: dict) -> None:
     """Warm-up of YOLOv5: bias lr falls from warmup_bias_lr to the scheduled lr, other groups rise from 0;

@@ -23,7 +23,7 @@ from engine.dataloader import create_dataloader
 from engine.dataset import load_data_config
 from engine.ema import ModelEMA
 from engine.loss import YoloLoss
-from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, lr_lambda
+from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda
 from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
 from models.yolo import DetectionModel
@@ -224,7 +224,7 @@ class Trainer:
         weight_decay = hyp["weight_decay"] * options.batch_size * accumulate / NOMINAL_BATCH_SIZE
         optimizer = build_optimizer(self.model, options.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
         schedule = lr_lambda(options.epochs, hyp["lrf"], options.cos_lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
+        scheduler = build_scheduler(optimizer, schedule)
         ema = ModelEMA(self.model) if self.is_main else None
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         start_epoch, best_fitness, last_step = 0, 0.0, -1

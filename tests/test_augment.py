@@ -114,13 +114,14 @@ def test_rotation_keeps_objects_inside_their_transformed_boxes():
 
 
 def test_box_candidates_drops_tiny_sliver_and_mostly_cut_boxes():
-    before = np.array([[0, 0, 100, 100]] * 4, np.float32)
+    before = np.array([[0, 0, 100, 100]] * 3 + [[0, 0, 400, 3.5]] * 2, np.float32)
     after = np.array([[0, 0, 80, 90],      # kept
                       [0, 0, 2, 50],       # 2 px wide: too thin
-                      [0, 0, 100, 4.5],    # aspect ratio 22: a sliver
-                      [0, 0, 20, 30]],     # 6 % of the area left
+                      [0, 0, 20, 30],      # 6 % of the area left
+                      [0, 0, 400, 3.5],    # aspect ratio 114: a sliver (YOLOv5's limit is 100)
+                      [0, 0, 340, 3.5]],   # aspect ratio 97: kept
                      np.float32)
-    assert box_candidates(before, after).tolist() == [True, False, False, False]
+    assert box_candidates(before, after).tolist() == [True, False, False, False, True]
 
 
 def test_mosaic4_places_images_around_the_centre_and_moves_boxes():

@@ -142,3 +142,19 @@ def test_weights_with_another_cfg_keep_the_pretrained_backbone(tiny_data, tmp_pa
     backbone = [k for k in source if k.startswith(tuple(f"layers.{i}." for i in range(10)))]
     assert backbone and all(torch.equal(state[k], source[k]) for k in backbone)
     assert not torch.equal(state["layers.13.fuse.conv.weight"][:1], torch.zeros(1))  # the new neck was built
+
+
+def test_lr_schedule_has_yolov5_timing():
+    """After warm-up, epoch e trains at lr0 * lf(e - 1) (YOLOv5 steps its scheduler one epoch late)."""
+    from engine.optim import build_scheduler, lr_lambda
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    scheduler = build_scheduler(optimizer, lr_lambda(epochs=10, lrf=0.01))
+    per_epoch = []
+    for _ in range(10):
+        per_epoch.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # lf(e) = (1 - e / 10) * 0.99 + 0.01: 1, 1, 0.901, ..., lf(8) = 0.208 in the last epoch
+    expected = [0.01, 0.01, 0.00901, 0.00802, 0.00703, 0.00604, 0.00505, 0.00406, 0.00307, 0.00208]
+    assert per_epoch == pytest.approx(expected, abs=1e-9)

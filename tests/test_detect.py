@@ -24,13 +24,7 @@ VIDEO_SIZE = (160, 120)  # width, height
 VIDEO_FRAMES = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine spinning threads cost a lot."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.torch_threads(1)  # tiny models: see tests/conftest.py
 
 
 def fixed_boxes(images: torch.Tensor) -> torch.Tensor:

@@ -24,14 +24,7 @@ NAMES = list(CLASS_NAMES)
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models at 128 px gain nothing from intra-op threads, and on a busy 2-core machine spinning OpenMP
-    threads slow them down many times over; the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.torch_threads(1)  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

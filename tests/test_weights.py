@@ -171,13 +171,7 @@ def yolov7_tiny_upstream_yaml() -> dict:
     return data
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids intra-op synchronisation stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.torch_threads(1)  # tiny models: see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

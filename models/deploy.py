@@ -47,11 +47,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from models.modules.conv import Concat, Conv
-from models.modules.csp import C3, SPP, SPPF
-from models.modules.gsconv import GSBottleneck, GSConv, GSConvns, VoVGSCSP, shuffle_permutation
+from models.modules.conv import Concat
+from models.modules.csp import C3
+from models.modules.gsconv import GSBottleneck, GSConv, VoVGSCSP, shuffle_permutation
 from models.modules.heads import Detect, IDetect
-from models.modules.yolov7 import MP, SP, SPPCSPC, RepConv
+from models.modules.yolov7 import MP, SP, RepConv
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class UnshuffledGSConv(nn.Module):
         super().__init__()
         self.primary = source.primary
         self.cheap = source.cheap
+
+    def input_convs(self) -> list[nn.Module]:
+        return [self.primary]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dense = self.primary(x)
@@ -146,6 +149,13 @@ def _conv_of(module: nn.Module) -> nn.Conv2d:
     return module.conv
 
 
+def _input_convs(module: nn.Module) -> list[nn.Conv2d] | None:
+    """The fused convs that read ``module``'s input (the module's ``input_convs()`` contract, models/registry.py);
+    None for a module without the contract."""
+    reader = getattr(module, "input_convs", None)
+    return None if reader is None else [_conv_of(layer) for layer in reader()]
+
+
 def _concat_orders(orders: list[Order], channels: list[int]) -> Order:
     if all(order is None for order in orders):
         return None
@@ -167,26 +177,14 @@ class _ShuffleFolder:
 
     # --- which layers can take a permuted input ---------------------------------------------------------------
     def absorbs(self, module: nn.Module) -> bool:
-        """True when the layer accepts its input channels in any stored order."""
+        """True when the layer accepts its input channels in any stored order: every conv reading its input is
+        dense (a grouped or depth-wise conv mixes only channels within a group, so it cannot)."""
         if isinstance(module, nn.Sequential):
             return len(module) > 0 and self.absorbs(module[0])
-        if isinstance(module, (Conv, RepConv)):
-            return _conv_of(module).groups == 1
-        if isinstance(module, (GSConv, GSConvns, UnshuffledGSConv)):
-            return _conv_of(module.primary).groups == 1
-        if isinstance(module, GSBottleneck):
-            first = module.main[0]
-            shortcut_ok = module.shortcut is None or _conv_of(module.shortcut).groups == 1
-            return _conv_of(first.primary).groups == 1 and shortcut_ok
-        if isinstance(module, (C3, VoVGSCSP)):
-            return _conv_of(module.main_in).groups == 1 and _conv_of(module.skip).groups == 1
-        if isinstance(module, (SPP, SPPF)):
-            return _conv_of(module.reduce).groups == 1
-        if isinstance(module, SPPCSPC):
-            return _conv_of(module.branch_in).groups == 1 and _conv_of(module.skip).groups == 1
         if isinstance(module, Detect):
             return not isinstance(module, IDetect) or module.implicit_folded
-        return False
+        convs = _input_convs(module)
+        return convs is not None and all(conv.groups == 1 for conv in convs)
 
     # --- applying a layer to an input order -------------------------------------------------------------------
     def apply(self, module: nn.Module, in_order: Order, may_emit: bool, name: str) -> tuple[nn.Module, Order]:
@@ -199,30 +197,22 @@ class _ShuffleFolder:
                 emit = may_emit if index == len(module) - 1 else self.absorbs(module[index + 1])
                 module[index], in_order = self.apply(child, in_order, emit, f"{name}.{index}")
             return module, in_order
-        if isinstance(module, (Conv, RepConv)):
-            _permute_conv(_conv_of(module), in_order, None)
-            return module, None
+        # The slim-neck modules, whose own shuffles this pass folds:
         if isinstance(module, GSConv):
             return self.gsconv(module, in_order, may_emit, name)
-        if isinstance(module, (GSConvns, UnshuffledGSConv)):
-            _permute_conv(_conv_of(module.primary), in_order, None)
-            return module, None
         if isinstance(module, GSBottleneck):
             return module, self.bottleneck(module, in_order, may_emit, name)
         if isinstance(module, VoVGSCSP):
             self.vovgscsp(module, in_order, name)
             return module, None
-        if isinstance(module, C3):
-            self.csp_inputs(module.main_in, module.skip, in_order)
+        # Any other module: its input convs read the stored order; its output is in the original order.
+        convs = _input_convs(module)
+        if convs is None:
+            if in_order is not None:
+                raise AssertionError(f"{name}: {type(module).__name__} was given a permuted input")
             return module, None
-        if isinstance(module, (SPP, SPPF)):
-            _permute_conv(_conv_of(module.reduce), in_order, None)
-            return module, None
-        if isinstance(module, SPPCSPC):
-            self.csp_inputs(module.branch_in, module.skip, in_order)
-            return module, None
-        if in_order is not None:
-            raise AssertionError(f"{name}: {type(module).__name__} was given a permuted input")
+        for conv in convs:
+            _permute_conv(conv, in_order, None)
         return module, None
 
     def gsconv(self, module: GSConv, in_order: Order, may_emit: bool, name: str) -> tuple[nn.Module, Order]:
@@ -266,11 +256,6 @@ class _ShuffleFolder:
         """Whether a VoVGSCSP bottleneck can read its input in the unshuffled order. Its outputs keep the channel
         count, so a depth-wise shortcut then reads and writes the same order, which it can."""
         return _conv_of(block.main[0].primary).groups == 1
-
-    @staticmethod
-    def csp_inputs(main_in: nn.Module, skip: nn.Module, in_order: Order) -> None:
-        _permute_conv(_conv_of(main_in), in_order, None)
-        _permute_conv(_conv_of(skip), in_order, None)
 
     def detect(self, head: Detect, in_orders: list[Order]) -> None:
         for conv, order in zip(head.output_convs(), in_orders):

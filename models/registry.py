@@ -8,7 +8,10 @@ says how the YAML arguments become constructor arguments and what the layer outp
 * ``output_stride(bound_args)`` - a classmethod returning how much the layer divides the spatial size
   (2 for a stride-2 conv, 0.5 for a 2x upsample), so strides are known without running the network;
 * ``upstream_names`` - how the official YOLOv5/YOLOv7 code named this module's children, used only when
-  importing their checkpoints.
+  importing their checkpoints;
+* ``input_convs()`` (optional method) - the Conv/RepConv layers that read the module's input directly, when
+  nothing else does. Deploy rewrites (models/deploy.py) use it to fold a channel permutation of the input
+  into those convs' weights; a module without it is assumed to need its input in the original order.
 
 The parser therefore has no module-specific branches: a new module only needs a class and a decorator.
 """

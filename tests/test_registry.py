@@ -89,6 +89,41 @@ def test_every_parameter_gets_a_gradient_and_train_output_is_finite(entry):
     assert not missing, f"parameters without gradient: {missing}"
 
 
+def _fused(module: nn.Module) -> nn.Module:
+    from models.modules.conv import Conv
+    from models.modules.yolov7 import RepConv
+
+    module.eval()
+    for child in module.modules():
+        if isinstance(child, Conv):
+            child.fuse_batchnorm()
+        elif isinstance(child, RepConv):
+            child.reparameterize()
+    return module
+
+
+@pytest.mark.parametrize("entry", [e for e in FEATURE_MODULES if hasattr(e.builder, "input_convs")],
+                         ids=lambda e: e.name)
+@torch.no_grad()
+def test_input_convs_are_the_only_readers_of_the_input(entry):
+    """The ``input_convs()`` contract: permuting the input channels and those convs' input weights alike leaves
+    the fused module's output unchanged (what the deploy pass relies on to fold channel shuffles)."""
+    from models.deploy import _input_convs, _permute_conv
+
+    torch.manual_seed(0)
+    module = _fused(build(entry)[0])
+    convs = _input_convs(module)
+    assert convs, f"{entry.name}.input_convs() is empty"
+    if any(conv.groups > 1 for conv in convs):
+        pytest.skip(f"{entry.name} reads its input with a grouped conv, so the deploy pass leaves it alone")
+    x = make_input(entry)
+    expected = module(x)
+    order = torch.randperm(IN_CHANNELS)
+    for conv in convs:
+        _permute_conv(conv, order, None)
+    torch.testing.assert_close(module(x[:, order]), expected, atol=1e-5, rtol=1e-5)
+
+
 def _structure(module: nn.Module) -> tuple:
     return repr(module), tuple((k, tuple(v.shape)) for k, v in module.state_dict().items())
 

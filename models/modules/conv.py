@@ -46,6 +46,9 @@ class Conv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
 
+    def input_convs(self) -> list[nn.Module]:
+        return [self]
+
     @torch.no_grad()
     def fuse_batchnorm(self) -> None:
         """Fold the BatchNorm into the conv (eval-mode statistics); the BN becomes an Identity."""

@@ -58,6 +58,9 @@ class C3(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat((self.blocks(self.main_in(x)), self.skip(x)), 1))
 
+    def input_convs(self) -> list[nn.Module]:
+        return [self.main_in, self.skip]
+
 
 @register
 class SPP(nn.Module):
@@ -74,6 +77,9 @@ class SPP(nn.Module):
         self.reduce = Conv(in_channels, hidden_channels, 1, 1)
         self.fuse = Conv(hidden_channels * (len(kernel_sizes) + 1), out_channels, 1, 1)
         self.pools = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2) for k in kernel_sizes)
+
+    def input_convs(self) -> list[nn.Module]:
+        return [self.reduce]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduce(x)
@@ -95,6 +101,9 @@ class SPPF(nn.Module):
         self.reduce = Conv(in_channels, hidden_channels, 1, 1)
         self.fuse = Conv(hidden_channels * 4, out_channels, 1, 1)
         self.pool = nn.MaxPool2d(kernel_size, 1, kernel_size // 2)
+
+    def input_convs(self) -> list[nn.Module]:
+        return [self.reduce]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.reduce(x)

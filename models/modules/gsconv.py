@@ -50,6 +50,9 @@ class _GSConvBase(nn.Module):
     def output_stride(cls, bound: dict) -> int:
         return bound["stride"]
 
+    def input_convs(self) -> list[nn.Module]:
+        return [self.primary]
+
     def halves(self, x: torch.Tensor) -> torch.Tensor:
         dense = self.primary(x)
         return torch.cat((dense, self.cheap(dense)), 1)
@@ -115,6 +118,9 @@ class GSBottleneck(nn.Module):
     def output_stride(cls, bound: dict) -> int:
         return bound["stride"]
 
+    def input_convs(self) -> list[nn.Module]:
+        return self.main[0].input_convs() + ([] if self.shortcut is None else [self.shortcut])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.main(x)
         return y + self.shortcut(x) if self.shortcut is not None else y
@@ -159,6 +165,9 @@ class VoVGSCSP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat((self.blocks(self.main_in(x)), self.skip(x)), 1))
+
+    def input_convs(self) -> list[nn.Module]:
+        return [self.main_in, self.skip]
 
 
 @register

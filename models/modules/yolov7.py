@@ -76,6 +76,9 @@ class SPPCSPC(nn.Module):
         self.pool_3x3 = Conv(hidden_channels, hidden_channels, 3, 1)
         self.fuse = Conv(2 * hidden_channels, out_channels, 1, 1)
 
+    def input_convs(self) -> list[nn.Module]:
+        return [self.branch_in, self.skip]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.branch_1x1(self.branch_3x3(self.branch_in(x)))
         pooled = self.pool_3x3(self.pool_fuse(torch.cat([branch] + [pool(branch) for pool in self.pools], 1)))
@@ -124,6 +127,9 @@ class RepConv(nn.Module):
     @classmethod
     def output_stride(cls, bound: dict) -> int:
         return bound["stride"]
+
+    def input_convs(self) -> list[nn.Module]:
+        return [self]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is not None:

@@ -35,7 +35,9 @@ A residual add needs both operands in the same order, so inside a GSBottleneck t
 output in the main path's (unshuffled) order and the sum carries that order to the next consumer. The detection
 head absorbs whatever order reaches it, so the decoded output is unchanged. A shuffle whose output reaches
 anything that cannot absorb a permutation (a depth-wise conv, a YOLOv5 Bottleneck's residual, the model output,
-an unknown module) is left in place.
+a module that does not declare ``input_convs()``) is left in place. Which convs read a module's input is the
+module's own declaration (``input_convs()``, models/registry.py), so a new module takes part without changes here;
+only the slim-neck modules, whose shuffles are being folded, have their own handling below.
 """
 from __future__ import annotations
 

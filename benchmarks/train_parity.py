@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_parity --epochs 60 --imgsz 320 --batch 16
         [--cfg yolov5n.yaml] [--data data/shapes.yaml] [--peer ../shared/peer/yolov5.sh] [--out runs/parity]
+    python -m benchmarks.train_parity --summary runs/parity-seed0 runs/parity-seed1 ...   # mAP over seeds
 
 Both engines train from scratch with hyp.scratch-low and validate after every epoch (the packaged peer crashes
 with --noval). The upstream peer runs offline from its own venv (../shared/peer/README.md); it is never a dependency
@@ -39,15 +40,16 @@ def run(command: list[str], log_file: Path, cwd: Path = ROOT) -> tuple[float, st
     return seconds, output
 
 
-def train(command: list[str], out: Path, name: str, cwd: Path = ROOT) -> float:
-    """Run a training command (unless it ran before: then reuse its recorded time); returns its wall seconds."""
+def train(command: list[str], out: Path, name: str, cwd: Path = ROOT) -> float | None:
+    """Run a training command (unless it ran before: then reuse its recorded time); returns its wall seconds, or
+    None for an earlier run without a recorded time (one that ran beside other jobs, so it has no speed)."""
     timing = out / f"{name}.seconds"
     if command:
         seconds, _ = run(command, out / f"{name}.log", cwd)
         timing.write_text(f"{seconds:.3f}\n")
-    if not timing.exists():
+    if not (out / name / "results.csv").exists():
         raise RuntimeError(f"no earlier {name} run in {out}: run without --skip-{name}")
-    return float(timing.read_text())
+    return float(timing.read_text()) if timing.exists() else None
 
 
 def results_columns(results_csv: Path, columns: list[str]) -> list[list[float]]:
@@ -121,6 +123,24 @@ def _records(stem: str, detections) -> list[dict]:
     return rows
 
 
+def summary(out_dirs: list[str]) -> str:
+    """One row per earlier run (its parity.json) and the mean over them: mAP50-95 on the common scorer."""
+    lines = ["| run | setup | ours mAP50-95 | upstream mAP50-95 | ours / upstream |", "|---|---|---|---|---|"]
+    ours_all, peer_all = [], []
+    for folder in map(Path, out_dirs):
+        results = json.loads((folder / "parity.json").read_text())
+        setup = results.get("setup") or (folder / "parity.md").read_text().splitlines()[0]
+        ours, peer = results["ours"]["coco"], results["peer"]["coco"]
+        ours_all.append(ours)
+        peer_all.append(peer)
+        lines.append(f"| {folder.name} | {setup} | {ours:.4f} | {peer:.4f} | {ours / peer:.3f} |")
+    ours_mean, peer_mean = sum(ours_all) / len(ours_all), sum(peer_all) / len(peer_all)
+    ratios = sorted(o / p for o, p in zip(ours_all, peer_all))
+    lines.append(f"| mean of {len(ours_all)} | | {ours_mean:.4f} | {peer_mean:.4f} | {ours_mean / peer_mean:.3f} "
+                 f"(per-run ratios {ratios[0]:.3f} to {ratios[-1]:.3f}) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -135,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "runs" / "parity"))
     parser.add_argument("--skip-ours", action="store_true", help="reuse an earlier run of our engine in --out")
     parser.add_argument("--skip-peer", action="store_true", help="reuse an earlier peer run in --out")
+    parser.add_argument("--summary", nargs="+", metavar="OUT", help="only summarise earlier runs (their --out folders)")
     options = parser.parse_args(argv)
+    if options.summary:
+        print(summary(options.summary))
+        return 0
 
     from engine.dataset import load_data_config
 
@@ -180,15 +204,19 @@ def main(argv: list[str] | None = None) -> int:
                        "coco": coco_score(data["val"], peer_predictions, data)["map"]}
 
     images = options.epochs * len(data["train"])
-    lines = [(f"{options.cfg}, {options.epochs} epochs, {options.imgsz} px, batch {options.batch}, "
-              f"seed {options.seed}, {len(data['train'])} train / {len(data['val'])} val images, CPU"),
+    results["setup"] = (f"{options.cfg}, {options.epochs} epochs, {options.imgsz} px, batch {options.batch}, "
+                        f"seed {options.seed}, {len(data['train'])} train / {len(data['val'])} val images, CPU")
+    lines = [results["setup"],
              "| engine | train img/s | mAP50 (own) | mAP50-95 (own) | mAP50-95 (pycocotools) |", "|---|---|---|---|---|"]
     for name, label in (("ours", "slimneck-yolo"), ("peer", "upstream YOLOv5 7.0")):
         r = results[name]
-        r["images_per_second"] = images / r["seconds"]
-        lines.append(f"| {label} | {r['images_per_second']:.1f} | {r['map50']:.4f} | {r['map']:.4f} | {r['coco']:.4f} |")
+        r["images_per_second"] = images / r["seconds"] if r["seconds"] else None
+        speed = f"{r['images_per_second']:.1f}" if r["seconds"] else "-"
+        lines.append(f"| {label} | {speed} | {r['map50']:.4f} | {r['map']:.4f} | {r['coco']:.4f} |")
     ours, peer = results["ours"], results["peer"]
-    lines.append(f"| ours / upstream | {ours['images_per_second'] / peer['images_per_second']:.3f} | "
+    speed_ratio = (f"{ours['images_per_second'] / peer['images_per_second']:.3f}"
+                   if ours["seconds"] and peer["seconds"] else "-")
+    lines.append(f"| ours / upstream | {speed_ratio} | "
                  f"{ours['map50'] / max(peer['map50'], 1e-9):.3f} | {ours['map'] / max(peer['map'], 1e-9):.3f} | "
                  f"{ours['coco'] / max(peer['coco'], 1e-9):.3f} |")
     ours_losses, peer_losses = train_losses(ours_dir / "results.csv"), train_losses(peer_dir / "results.csv")

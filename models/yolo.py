@@ -58,18 +58,9 @@ class DetectionModel(nn.Module):
             outputs.append(x if keep else None)
         return x
 
-    @torch.no_grad()
     def fuse(self) -> "DetectionModel":
         """Fold BatchNorm into convs, re-parameterise RepConv and fold IDetect's implicit layers (eval only)."""
-        self.eval()
-        for module in self.modules():
-            if isinstance(module, Conv):
-                module.fuse_batchnorm()
-            elif isinstance(module, RepConv):
-                module.reparameterize()
-            elif isinstance(module, IDetect):
-                module.fold_implicit()
-        return self
+        return fuse_modules(self)
 
     def is_fused(self) -> bool:
         return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
@@ -88,6 +79,21 @@ class DetectionModel(nn.Module):
                          "args": _printable(record.args), "out_channels": record.out_channels,
                          "stride": record.stride})
         return rows
+
+
+@torch.no_grad()
+def fuse_modules(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode and fuse every Conv (BatchNorm), RepConv (branches) and IDetect (implicit layers)
+    inside it, in place; works on a whole model or on a single block. Returns ``module``."""
+    module.eval()
+    for child in module.modules():
+        if isinstance(child, Conv):
+            child.fuse_batchnorm()
+        elif isinstance(child, RepConv):
+            child.reparameterize()
+        elif isinstance(child, IDetect):
+            child.fold_implicit()
+    return module
 
 
 def _printable(args: list) -> list:

@@ -10,6 +10,7 @@ import torch.nn as nn
 from models import registry
 from models.modules.activation import default_activation, make_activation
 from models.registry import LayerInputs
+from models.yolo import fuse_modules
 
 IN_CHANNELS = 16
 SIZE = 32
@@ -89,19 +90,6 @@ def test_every_parameter_gets_a_gradient_and_train_output_is_finite(entry):
     assert not missing, f"parameters without gradient: {missing}"
 
 
-def _fused(module: nn.Module) -> nn.Module:
-    from models.modules.conv import Conv
-    from models.modules.yolov7 import RepConv
-
-    module.eval()
-    for child in module.modules():
-        if isinstance(child, Conv):
-            child.fuse_batchnorm()
-        elif isinstance(child, RepConv):
-            child.reparameterize()
-    return module
-
-
 @pytest.mark.parametrize("entry", [e for e in FEATURE_MODULES if hasattr(e.builder, "input_convs")],
                          ids=lambda e: e.name)
 @torch.no_grad()
@@ -111,7 +99,7 @@ def test_input_convs_are_the_only_readers_of_the_input(entry):
     from models.deploy import _input_convs, _permute_conv
 
     torch.manual_seed(0)
-    module = _fused(build(entry)[0])
+    module = fuse_modules(build(entry)[0])
     convs = _input_convs(module)
     assert convs, f"{entry.name}.input_convs() is empty"
     if any(conv.groups > 1 for conv in convs):

@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py --pair yolov5s [--imgsz 640] [--batch 1 8] [--threads 2] [--runs 30]
                                  [--backends eager channels_last compile torchscript onnxruntime] [--profile]
+                                 [--glibc-malloc]
     python benchmarks/latency.py --cfgs yolov7-tiny.yaml yolov7-tiny-slimneck.yaml --batch 1
 
 Both models are built (randomly initialised: latency does not depend on the weight values), fused, and
@@ -20,6 +21,11 @@ as export.py writes it, which keeps only the rewrites marked ``for_onnx``; intra
 sequential execution, idle workers do not spin). ``compile`` and ``torchscript`` build only the "fused" and
 "all rewrites" rows (building is slow); a backend that fails for a row is reported, not fatal. Each backend's
 output is checked against eager PyTorch.
+
+Before timing, freed memory is kept for reuse (``engine.torch_utils.retain_freed_memory``): with glibc's default
+thresholds, alternating between models made every forward page in its activation buffers afresh (over 11,000 page
+faults per yolov5s forward), a cost of the interleaving, not of the models. ``--glibc-malloc`` keeps the defaults;
+each batch size reports the page faults per forward.
 
 ``--profile`` adds, per model and rewrite level, the exclusive time of each module kind (forward hooks with
 wall-clock timing; a module's time excludes that of the hooked modules inside it), so the cost of the GSConv
@@ -51,7 +57,7 @@ if __package__ in (None, ""):
     # Run as ``python benchmarks/latency.py``: make the repository's packages importable.
     sys.path.insert(0, str(REPO))
 
-from engine.torch_utils import interleaved_timings  # noqa: E402
+from engine.torch_utils import interleaved_timings, retain_freed_memory  # noqa: E402
 from models.deploy import DEPLOY_REWRITES, apply_rewrites  # noqa: E402
 from models.modules.conv import Conv  # noqa: E402
 from models.yolo import DetectionModel, count_gflops  # noqa: E402
@@ -199,12 +205,22 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (None where ``getrusage`` is not available)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgsz: int, threads: int, rounds: int,
-                  warmup: int, workdir: Path) -> dict[tuple[str, str], Timing]:
-    """Time every (backend, variant) for one batch size; returns {(backend, label): Timing}. Rows that a backend
-    does not distinguish are left out (``compile`` and ``torchscript`` build only the fused and all-rewrites rows)."""
+                  warmup: int, workdir: Path) -> tuple[dict[tuple[str, str], Timing], dict[str, float]]:
+    """Time every (backend, variant) for one batch size; returns ({(backend, label): Timing}, {backend: minor page
+    faults per forward, warm-up included}). Rows that a backend does not distinguish are left out (``compile`` and
+    ``torchscript`` build only the fused and all-rewrites rows)."""
     images = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    results = {}
+    results, faults = {}, {}
     for backend in backends:  # one backend at a time: runtimes' thread pools do not compete within a round
         runners = {}
         for variant in variants:
@@ -220,11 +236,14 @@ def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgs
                 continue
             if runner is not None:
                 runners[key] = runner
+        before = minor_page_faults()
         for key, times in interleaved_timings(runners, rounds, warmup).items():
             results[key] = Timing(times)
+        if before is not None and runners:
+            faults[backend] = (minor_page_faults() - before) / ((rounds + warmup) * len(runners))
         runners.clear()
         gc.collect()
-    return results
+    return results, faults
 
 
 def format_table(variants: list[Variant], backends: list[str], results: dict[tuple[str, str], Timing]) -> str:
@@ -395,6 +414,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--detail-batches", nargs="*", type=int, default=[1],
                         help="batch sizes that also time each rewrite alone and all-but-one (others: fused and all)")
     parser.add_argument("--profile", action="store_true", help="also print a per-module time profile (batch 1)")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="keep glibc's default malloc thresholds (by default freed memory is retained, see "
+                             "engine.torch_utils.retain_freed_memory)")
     return parser.parse_args(argv)
 
 
@@ -407,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     options = parse_args(argv)
     torch.set_num_threads(options.threads)
+    retained = False if options.glibc_malloc else retain_freed_memory()
     cfgs = list(options.cfgs) if options.cfgs else list(PAIRS[options.pair])
     names = [Path(cfg).stem for cfg in cfgs]
     if names[0] == names[1]:
@@ -416,17 +439,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {options.threads} threads, {options.imgsz}x{options.imgsz}, fp32, CPU "
           f"({os.cpu_count()} cores), load average before: {load_average()}")
     print(f"GFLOPs: {names[0]} {flops[0]:.2f}, {names[1]} {flops[1]:.2f} (ratio {flops[1] / flops[0]:.3f})")
+    print("malloc: " + ("freed memory retained (retain_freed_memory)" if retained else "C library defaults"))
     with tempfile.TemporaryDirectory() as workdir:
         for batch in options.batch:
             rounds = rounds_for(batch, options.runs)
             started = time.perf_counter()
             measured = variants if batch in options.detail_batches else [v for v in variants if not v.detailed]
-            results = run_benchmark(measured, options.backends, batch, options.imgsz, options.threads, rounds,
-                                    options.warmup, Path(workdir))
+            results, faults = run_benchmark(measured, options.backends, batch, options.imgsz, options.threads,
+                                            rounds, options.warmup, Path(workdir))
             print(f"\nbatch {batch}: median of {rounds} interleaved rounds "
                   f"({time.perf_counter() - started:.0f} s, load average after: {load_average()})")
             print(format_table(measured, options.backends, results))
             print(format_ratios(names, options.backends, results, flops[1] / flops[0]))
+            if faults:
+                print("minor page faults per forward: "
+                      + ", ".join(f"{backend} {count:.0f}" for backend, count in faults.items()))
             for (backend, label), timing in results.items():
                 if timing.error:
                     print(f"  {backend} / {label} failed: {timing.error}")

@@ -57,7 +57,7 @@ if __package__ in (None, ""):
     # Run as ``python benchmarks/latency.py``: make the repository's packages importable.
     sys.path.insert(0, str(REPO))
 
-from engine.torch_utils import interleaved_timings, retain_freed_memory  # noqa: E402
+from engine.torch_utils import interleaved_timings, minor_page_faults, retain_freed_memory  # noqa: E402
 from models.deploy import DEPLOY_REWRITES, apply_rewrites  # noqa: E402
 from models.modules.conv import Conv  # noqa: E402
 from models.yolo import DetectionModel, count_gflops  # noqa: E402
@@ -203,15 +203,6 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
         feed = {session.get_inputs()[0].name: images.numpy()}
         return _checked(lambda: session.run(None, feed), variant, images)
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-
-
-def minor_page_faults() -> int | None:
-    """Minor page faults of this process so far (None where ``getrusage`` is not available)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgsz: int, threads: int, rounds: int,

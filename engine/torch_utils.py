@@ -105,6 +105,15 @@ def retain_freed_memory() -> bool:
     return mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
 
 
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (None where ``getrusage`` is not available, as on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def interleaved_timings(runners: dict, rounds: int, warmup: int, seed: int = 0) -> dict[object, list[float]]:
     """Time no-argument callables side by side: ``warmup`` untimed rounds, then ``rounds`` rounds that each run
     every runner once in a freshly shuffled order, so a change in machine load hits all of them alike. Returns

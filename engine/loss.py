@@ -11,14 +11,12 @@ Targets are a (M, 6) tensor of [image_index, class, cx, cy, w, h] with the box n
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import complete_box_iou_loss
-
-from engine.boxes import xywh2xyxy
 
 logger = logging.getLogger(__name__)
 
@@ -169,10 +167,35 @@ def bbox_ciou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> 
     """Complete IoU of paired (cx, cy, w, h) boxes, shape (..., 4) each -> (...).
 
     CIoU = IoU - centre distance^2 / enclosing diagonal^2 - alpha * v, with v the aspect-ratio term
-    (4 / pi^2)(atan(w2/h2) - atan(w1/h1))^2 and alpha = v / (1 - IoU + v) treated as a constant.
-    Computed as 1 - torchvision's complete_box_iou_loss, which implements exactly this formula.
+    (4 / pi^2)(atan(w2/h2) - atan(w1/h1))^2 and alpha = v / (1 - IoU + v + eps) treated as a constant.
+    ``eps`` is added to the union and to the squared diagonal, as in YOLOv5.
+
+    Computed from the centres and sizes themselves, never from corners: a collapsed predicted box
+    ((2 sigmoid(t))^2 * anchor for a very negative t) has a width of 1e-16 cell or less, which vanishes
+    in ``(cx + w/2) - (cx - w/2)``; a ratio w / 0 is finite in the forward pass (atan(inf)) but NaN in the
+    backward pass. The heights in the aspect ratios are also held at ``eps`` or more, so ``h * h`` in the
+    ratio's gradient cannot underflow to 0 for boxes from logits as low as -30 and beyond.
     """
-    return 1.0 - complete_box_iou_loss(xywh2xyxy(boxes1), xywh2xyxy(boxes2), reduction="none", eps=eps)
+    centre1, size1 = boxes1[..., :2], boxes1[..., 2:4]
+    centre2, size2 = boxes2[..., :2], boxes2[..., 2:4]
+    low1, high1 = centre1 - size1 / 2, centre1 + size1 / 2
+    low2, high2 = centre2 - size2 / 2, centre2 + size2 / 2
+
+    overlap = (torch.minimum(high1, high2) - torch.maximum(low1, low2)).clamp(min=0.0)
+    intersection = overlap[..., 0] * overlap[..., 1]
+    union = size1[..., 0] * size1[..., 1] + size2[..., 0] * size2[..., 1] - intersection + eps
+    iou = intersection / union
+
+    enclosing = torch.maximum(high1, high2) - torch.minimum(low1, low2)
+    diagonal_squared = enclosing.pow(2).sum(-1) + eps
+    centre_distance_squared = (centre2 - centre1).pow(2).sum(-1)
+
+    aspect1 = torch.atan(size1[..., 0] / size1[..., 1].clamp(min=eps))
+    aspect2 = torch.atan(size2[..., 0] / size2[..., 1].clamp(min=eps))
+    v = (4.0 / math.pi**2) * (aspect2 - aspect1).pow(2)
+    with torch.no_grad():
+        alpha = v / (v - iou + (1.0 + eps))
+    return iou - (centre_distance_squared / diagonal_squared + alpha * v)
 
 
 def focal_bce_with_logits(

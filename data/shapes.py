@@ -7,33 +7,26 @@ each other, under sensor noise, blur and JPEG compression. Every object keeps at
 the labels are exact; the difficulty (small objects, occlusion, look-alike clutter, ellipse vs ring,
 star vs cross) is enough for mAP50-95 to tell a good model from a weak one.
 
-Everything is drawn with OpenCV from a numpy generator seeded per image (``seed``, split, index), so
-the same arguments give byte-identical files and a split does not change when another split's size
-does. ``python -m data.shapes --out DIR --train N --val M`` writes ``DIR/images/{train,val}``,
+Everything is drawn with OpenCV from a numpy generator seeded per image (``data/synthetic.py``: the same
+arguments give byte-identical files). ``python -m data.shapes --out DIR --train N --val M`` writes ``DIR/images/{train,val}``,
 ``DIR/labels/{train,val}`` and ``DIR/data.yaml``.
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-logger = logging.getLogger(__name__)
+from data import synthetic
 
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "star", "cross", "ring")
 MIN_OBJECT_SIZE = 12
 MAX_OBJECT_SIZE = 160
 MIN_VISIBLE_FRACTION = 0.5
 MAX_OBJECTS = 10
-SPLIT_CODES = {"train": 0, "val": 1}
 _SUBPIXEL_BITS = 4  # OpenCV drawing "shift": coordinates carry 4 fractional bits
 _SUBPIXEL = 1 << _SUBPIXEL_BITS
 
@@ -256,75 +249,23 @@ def _place_object(canvas: np.ndarray, instance_map: np.ndarray, full_areas: list
     return class_id, color, (left, top, patch)
 
 
-def write_sample(sample: ShapesSample, image_path: Path, label_path: Path, jpeg_quality: int) -> None:
-    """Write a sample as a JPEG and a YOLO label file (``class cx cy w h``, normalised, 6 decimals)."""
-    ok, encoded = cv2.imencode(".jpg", sample.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    if not ok:
-        raise OSError(f"JPEG encoding failed for {image_path}")
-    image_path.write_bytes(encoded.tobytes())
-    height, width = sample.image.shape[:2]
-    rows = []
-    for class_id, (x1, y1, x2, y2) in zip(sample.classes, sample.boxes):
-        rows.append(f"{class_id} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
-                    f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}\n")
-    label_path.write_text("".join(rows), encoding="utf-8")
-
-
 def generate_dataset(out_dir: str | Path, num_train: int = 400, num_val: int = 100, image_size: int = 320,
                      seed: int = 0) -> Path:
-    """Write the shapes dataset to ``out_dir`` (images/, labels/, data.yaml) and return ``out_dir``.
-
-    Image ``i`` of a split is drawn from a generator seeded with ``(seed, split, i)``: the output is
-    deterministic and independent of the other split's size.
-    """
-    for name, value in (("num_train", num_train), ("num_val", num_val)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    """Write the shapes dataset to ``out_dir`` (images/, labels/, data.yaml) and return ``out_dir``."""
     # The largest shape, rotated, needs a patch of about 1.5 x MAX_OBJECT_SIZE.
     if not isinstance(image_size, int) or image_size < 256:
         raise ValueError(f"image_size must be an integer of at least 256, got {image_size!r}")
-    out_dir = Path(out_dir)
-    jobs = []
-    for split, count in (("train", num_train), ("val", num_val)):
-        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-        (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
-        jobs += [(split, index) for index in range(count)]
 
-    def write_one(job: tuple[str, int]) -> None:
-        split, index = job
-        rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-        sample = render_sample(rng, image_size)
-        stem = f"{split}_{index:05d}"
-        write_sample(sample, out_dir / "images" / split / f"{stem}.jpg", out_dir / "labels" / split / f"{stem}.txt",
-                     jpeg_quality=int(rng.integers(70, 96)))
+    def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sample = render_sample(rng, size)
+        return sample.image, sample.classes, sample.boxes
 
-    # Each image has its own generator, so threads change the speed, never the output.
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for _ in tqdm(pool.map(write_one, jobs), total=len(jobs), desc="generating shapes", disable=None,
-                      leave=False):
-            pass
-    names = ", ".join(CLASS_NAMES)
-    (out_dir / "data.yaml").write_text(
-        "# Written by data/shapes.py; paths are relative to this file.\n"
-        f"path: .\ntrain: images/train\nval: images/val\nnames: [{names}]\n", encoding="utf-8")
-    logger.info("wrote %d train and %d val images to %s", num_train, num_val, out_dir)
-    return out_dir
+    return synthetic.write_dataset(out_dir, render, CLASS_NAMES, num_train, num_val, image_size, seed, "shapes")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m data.shapes --out DIR --train N --val M [--size S] [--seed K]``."""
-    parser = argparse.ArgumentParser(description="Generate the synthetic shapes dataset in YOLO format.")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    parser.add_argument("--train", type=int, default=400, help="number of training images")
-    parser.add_argument("--val", type=int, default=100, help="number of validation images")
-    parser.add_argument("--size", type=int, default=320, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        generate_dataset(args.out, args.train, args.val, args.size, args.seed)
-    except ValueError as error:
-        parser.error(str(error))
+    synthetic.main(generate_dataset, "Generate the synthetic shapes dataset in YOLO format.", argv, 400, 100, 320)
 
 
 if __name__ == "__main__":

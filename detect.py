@@ -24,6 +24,7 @@ from engine.predict import (Frame, SourceError, describe_detections, iterate_fra
 from engine.trainer import increment_path
 from engine.validate import log_speed
 from engine.visualize import class_color, draw_boxes
+from models.errors import UsageError
 
 logger = logging.getLogger("detect")
 ROOT = Path(__file__).resolve().parent
@@ -55,7 +56,7 @@ def run(weights: str | Path | list[str | Path] = "", source: str | Path = "", im
     if classes is not None:
         wrong = [class_id for class_id in classes if not 0 <= class_id < detector.num_classes]
         if wrong:
-            raise ValueError(f"--classes {wrong}: the model has classes 0..{detector.num_classes - 1}")
+            raise UsageError(f"--classes {wrong}: the model has classes 0..{detector.num_classes - 1}")
     if detector.fixed_batch is not None and detector.fixed_batch > 1:
         logger.warning("%s was exported with batch size %d: each frame is padded to a full batch; export with "
                        "--batch-size 1 or --dynamic for detection", detector.label, detector.fixed_batch)

@@ -28,6 +28,7 @@ import torch.nn as nn
 from engine.backends import MissingDependencyError, require_onnx, require_onnxruntime
 from engine.cli import run_command
 from models.deploy import optimize_for_inference
+from models.errors import UsageError
 from models.modules.heads import Detect
 from models.weights import load_model
 from models.yolo import DetectionModel
@@ -63,11 +64,11 @@ def image_shape(imgsz: list[int] | tuple[int, ...] | int, stride: int) -> tuple[
     """``--imgsz`` (one value for square, or height width) -> (height, width), each a multiple of ``stride``."""
     sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
     if len(sizes) not in (1, 2) or any(not isinstance(s, int) or s < 1 for s in sizes):
-        raise ValueError(f"--imgsz takes one or two positive integers (height width), got {imgsz!r}")
+        raise UsageError(f"--imgsz takes one or two positive integers (height width), got {imgsz!r}")
     height, width = sizes * 2 if len(sizes) == 1 else sizes
     for name, value in (("height", height), ("width", width)):
         if value % stride:
-            raise ValueError(f"--imgsz {name} {value} is not a multiple of the model's max stride {stride}")
+            raise UsageError(f"--imgsz {name} {value} is not a multiple of the model's max stride {stride}")
     return height, width
 
 
@@ -90,11 +91,11 @@ def export_onnx(model: DetectionModel, path: str | Path, imgsz: list[int] | int 
     onnx = require_onnx()
     device = torch.device(device)
     if half and device.type != "cuda":
-        raise ValueError(f"--half (float16 export) needs a CUDA --device; got {device}. Export in float32 on CPU")
+        raise UsageError(f"--half (float16 export) needs a CUDA --device; got {device}. Export in float32 on CPU")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if opset < 11:
-        raise ValueError(f"--opset {opset} is too old; use 11 or newer (17 is the default)")
+        raise UsageError(f"--opset {opset} is too old; use 11 or newer (17 is the default)")
     prepared = prepare_model(model, optimize).to(device)
     prepared = prepared.half() if half else prepared.float()
     for module in prepared.modules():
@@ -167,7 +168,7 @@ def load_for_export(weights: str | None, cfg: str | None, num_classes: int | Non
         model, _ = load_model(weights, cfg=cfg, num_classes=num_classes, device=device, use_ema=True, fuse=False)
         return model
     if not cfg:
-        raise ValueError("give --weights (a checkpoint) or --cfg (a model YAML, exported randomly initialised)")
+        raise UsageError("give --weights (a checkpoint) or --cfg (a model YAML, exported randomly initialised)")
     logger.warning("no --weights: exporting a randomly initialised %s (fine for benchmarks, useless for detection)",
                    cfg)
     return DetectionModel(cfg, num_classes=num_classes).to(device)
@@ -202,10 +203,10 @@ def export(options: argparse.Namespace) -> Path:
     """The command line's work: export, then compare ONNX Runtime with PyTorch when onnxruntime is installed."""
     unknown = [f for f in options.include if f.lower() not in FORMATS]
     if unknown:
-        raise ValueError(f"--include {' '.join(unknown)} is not supported; supported formats: {', '.join(FORMATS)}")
+        raise UsageError(f"--include {' '.join(unknown)} is not supported; supported formats: {', '.join(FORMATS)}")
     device = torch.device(options.device if options.device != "cuda" else "cuda:0")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {options.device}: CUDA is not available on this machine; use --device cpu")
+        raise UsageError(f"--device {options.device}: CUDA is not available on this machine; use --device cpu")
     require_onnx()
     model = load_for_export(options.weights, options.cfg, options.nc, str(device))
     output = Path(options.output) if options.output else default_output(options.weights, options.cfg)

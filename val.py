@@ -20,6 +20,7 @@ from engine.dataset import DatasetError, load_data_config
 from engine.predict import Detector, load_detector, write_yolo_labels
 from engine.trainer import increment_path
 from engine.validate import evaluate, log_speed, save_plots
+from models.errors import UsageError
 
 logger = logging.getLogger("val")
 ROOT = Path(__file__).resolve().parent
@@ -42,10 +43,10 @@ def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | 
     dict for one file, ``{"results": [...]}`` for several.
     """
     if task not in TASKS:
-        raise ValueError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
+        raise UsageError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
     weights_list = [weights] if isinstance(weights, (str, Path)) else list(weights)
     if not weights_list or any(str(item) == "" for item in weights_list):
-        raise ValueError("--weights: give a .pt checkpoint or an .onnx model")
+        raise UsageError("--weights: give a .pt checkpoint or an .onnx model")
     options = dict(data=data, batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
                    max_det=max_det, task=task, device=device, workers=workers, single_cls=single_cls,
                    augment=augment, verbose=verbose, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
@@ -70,7 +71,7 @@ def _validate(weights: list[str | Path], data, batch_size, imgsz, conf_thres, io
     detector = load_detector(weights, device, half, imgsz, augment)
     names = ["item"] if single_cls else data_config["names"]
     if not single_cls and detector.num_classes != data_config["nc"]:
-        raise ValueError(f"{weights[0]} predicts {detector.num_classes} classes but {data_config['yaml_file']} has "
+        raise UsageError(f"{weights[0]} predicts {detector.num_classes} classes but {data_config['yaml_file']} has "
                          f"{data_config['nc']}; validate on the dataset the model was trained on, or pass "
                          "--single-cls to score every class as one")
 
@@ -118,7 +119,7 @@ def _validate(weights: list[str | Path], data, batch_size, imgsz, conf_thres, io
 
 def _batch_size(detector: Detector, requested: int) -> int:
     if requested < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {requested}")
+        raise UsageError(f"--batch-size must be at least 1, got {requested}")
     if detector.fixed_batch is not None and detector.fixed_batch != requested:
         logger.warning("%s was exported with batch size %d; using --batch-size %d", detector.label,
                        detector.fixed_batch, detector.fixed_batch)

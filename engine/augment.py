@@ -2,7 +2,7 @@
 
 All functions work on OpenCV images (H, W, 3) uint8 BGR and on boxes as float arrays (n, 5) of
 ``[class, x1, y1, x2, y2]`` in pixels of that image. Randomness comes from Python's ``random`` and
-numpy's global generator, which the data loader seeds per worker (``engine.dataloader.seed_worker``).
+numpy's global generator, which the dataset seeds per item (``YoloDataset.set_augment_seed``).
 
 Implemented: letterbox, 4-image mosaic, random affine/perspective with box transform and the
 degenerate-box filter, HSV jitter, flips (done in the dataset), mixup. Not implemented: ``copy_paste``
@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
+
+from models.errors import UsageError
 
 PAD_VALUE = 114
 PAD_COLOR = (PAD_VALUE, PAD_VALUE, PAD_VALUE)
@@ -39,7 +41,7 @@ def augmentation_hyp(hyp: dict | None) -> dict:
         if hyp is not None and key in hyp:
             value = hyp[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"hyperparameter {key!r} must be a finite number, got {value!r}")
+                raise UsageError(f"hyperparameter {key!r} must be a finite number, got {value!r}")
             merged[key] = float(value)
     return merged
 

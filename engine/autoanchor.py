@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 # Below this best-possible recall the current anchors are considered a poor fit.
@@ -140,7 +142,7 @@ def kmean_anchors(
         logger.warning("%d of %d label boxes are smaller than 3 pixels; these are hard to detect", tiny, len(sizes))
     sizes = sizes[(sizes >= MIN_BOX_SIZE).all(axis=1)]
     if len(sizes) < num_anchors:
-        raise ValueError(
+        raise UsageError(
             f"k-means needs at least {num_anchors} label boxes of {MIN_BOX_SIZE:g} px or more, got {len(sizes)}"
         )
     if len(sizes) > max_boxes:

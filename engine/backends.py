@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -82,15 +84,15 @@ class OnnxBackend:
         except Exception as error:  # onnxruntime's exception types derive from Exception directly
             if not type(error).__module__.startswith("onnxruntime"):
                 raise
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load this model: {error}") from error
+            raise UsageError(f"{self.path}: ONNX Runtime cannot load this model: {error}") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in REQUIRED_METADATA if key not in metadata]
         if missing:
-            raise ValueError(f"{self.path}: metadata {missing} missing; export the model with export.py")
+            raise UsageError(f"{self.path}: metadata {missing} missing; export the model with export.py")
         try:
             values = {key: json.loads(text) for key, text in metadata.items()}
         except json.JSONDecodeError as error:
-            raise ValueError(f"{self.path}: metadata is not JSON ({error}); export the model with export.py") from None
+            raise UsageError(f"{self.path}: metadata is not JSON ({error}); export the model with export.py") from None
         self.metadata = values
         self.strides = [int(s) for s in values["stride"]]
         self.stride = max(self.strides)
@@ -114,7 +116,7 @@ class OnnxBackend:
         if images.ndim != 4:
             raise ValueError(f"{self.path}: expected images (B, 3, H, W), got shape {tuple(images.shape)}")
         if self.fixed_shape is not None and tuple(images.shape) != self.fixed_shape:
-            raise ValueError(f"{self.path} was exported for inputs of shape {self.fixed_shape}, got "
+            raise UsageError(f"{self.path} was exported for inputs of shape {self.fixed_shape}, got "
                              f"{tuple(images.shape)}; letterbox to that size or re-export with --dynamic")
         array = images.detach().to("cpu", torch.float32).numpy().astype(self.input_dtype, copy=False)
         output = self.session.run([self.output_name], {self.input_name: array})[0]

@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Callable
 
 from engine.backends import MissingDependencyError
+from engine.guard import NonFiniteTrainingError
+from models.errors import UsageError
 
 logger = logging.getLogger("slimneck")
 
-# Bad input or a missing optional package (onnx, onnxruntime): say what is wrong, exit 2, no traceback.
-USAGE_ERRORS = (FileNotFoundError, ValueError, MissingDependencyError)
+# Bad input (the project's UsageError and its kinds, a missing file), a missing optional package (onnx,
+# onnxruntime) or a diverged training run: say what is wrong, exit 2, no traceback. Any other exception,
+# a plain ValueError included, is a bug and keeps its traceback.
+USAGE_ERRORS = (UsageError, FileNotFoundError, MissingDependencyError, NonFiniteTrainingError)
 
 
 def run_command(action: Callable[[], object]) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engine.boxes import xywhn2xyxy, xyxy2xywh
+from models.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def load_json(path: str | Path) -> dict | list:
         with path.open() as file:
             return json.load(file)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: line {error.lineno}, column {error.colno}: invalid JSON ({error.msg})") from error
+        raise UsageError(f"{path}: line {error.lineno}, column {error.colno}: invalid JSON ({error.msg})") from error
 
 
 def _log_captured(text: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,17 +20,6 @@ logger = logging.getLogger(__name__)
 # Data-loader workers are processes already; OpenCV's own thread pool in each of them would only
 # oversubscribe the cores.
 cv2.setNumThreads(0)
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn``: seed numpy and ``random`` from the seed torch gave this worker.
-
-    Torch derives each worker's seed from the loader's generator, so the augmentation stream is
-    reproducible for a given ``seed`` and differs between workers and epochs.
-    """
-    worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
 
 
 def collate_fn(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
@@ -98,7 +86,7 @@ def create_dataloader(path: str | Path | Sequence[str | Path], imgsz: int, batch
     generator.manual_seed(seed + max(rank, 0))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
                         sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                        collate_fn=collate_fn, worker_init_fn=seed_worker, generator=generator,
+                        collate_fn=collate_fn, generator=generator,
                         drop_last=False)
     logger.debug("%s%d images, batch %d, %d workers, %d batches", prefix, len(dataset), batch_size,
                  num_workers, math.ceil(len(sampler or dataset) / batch_size))

@@ -49,6 +49,7 @@ from tqdm import tqdm
 from engine.augment import (augment_hsv, augmentation_hyp, letterbox, mixup, mosaic4,
                             random_perspective)
 from engine.boxes import xyxy2xywhn
+from models.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ _SUMMARY_WORDS = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A dataset YAML, split or file set that cannot be used; the message names the file and the reason."""
 
 
@@ -461,6 +462,10 @@ class YoloDataset(Dataset):
     ``imgsz`` can use them). ``single_cls`` maps every class to 0. ``mosaic`` may be switched off
     between epochs (e.g. for the last epochs of training).
 
+    The augmentation of item ``i`` draws only from ``(augment_seed, i)`` (``set_augment_seed`` per epoch), not
+    from whatever state a loader process has: the same epoch gives the same images with 0 or N workers, and
+    a run resumed with another ``--workers`` continues exactly.
+
     Each item is ``(image, labels, path, shapes)``: a uint8 (3, H, W) RGB tensor, a float32 (n, 6)
     tensor ``[0, class, cx, cy, w, h]`` normalised to the output image (the collate function fills
     column 0 with the image index), the image path, and ``((h0, w0), ((gain_h, gain_w), (pad_x, pad_y)))``
@@ -484,6 +489,7 @@ class YoloDataset(Dataset):
         self.hyp = augmentation_hyp(hyp)
         self.rect = rect
         self.mosaic = augment and not rect
+        self.augment_seed = 0
         self.stride = stride
         self.pad = pad
         self.prefix = prefix
@@ -513,6 +519,16 @@ class YoloDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_files)
+
+    def set_augment_seed(self, seed: int) -> None:
+        """The seed of the coming epoch's augmentation (set before the loader starts its workers)."""
+        self.augment_seed = int(seed)
+
+    def _seed_item(self, index: int) -> None:
+        # Python's random and numpy's global generator are what the augmentations draw from.
+        state = np.random.SeedSequence([self.augment_seed, index]).generate_state(2)
+        random.seed(int(state[0]))
+        np.random.seed(int(state[1]))
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -692,6 +708,8 @@ class YoloDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
         hyp = self.hyp
         shapes = None
+        if self.augment:
+            self._seed_item(index)
         if self.mosaic and random.random() < hyp["mosaic"]:
             image, boxes = self._load_mosaic(index)
             if random.random() < hyp["mixup"]:

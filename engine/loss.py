@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from models.errors import UsageError
 logger = logging.getLogger(__name__)
 
 # Objectness weight of each output level, finest first. Fine levels see many more negative cells, so
@@ -235,11 +236,11 @@ class YoloLoss:
         settings = {**DEFAULT_LOSS_HYP, **{key: hyp[key] for key in DEFAULT_LOSS_HYP if key in hyp}}
         for key, value in settings.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"hyp['{key}'] must be a non-negative number, got {value!r}")
+                raise UsageError(f"hyp['{key}'] must be a non-negative number, got {value!r}")
         if not 0.0 <= settings["label_smoothing"] < 1.0:
-            raise ValueError(f"hyp['label_smoothing'] must be in [0, 1), got {settings['label_smoothing']}")
+            raise UsageError(f"hyp['label_smoothing'] must be in [0, 1), got {settings['label_smoothing']}")
         if settings["anchor_t"] <= 1.0:
-            raise ValueError(f"hyp['anchor_t'] must be greater than 1, got {settings['anchor_t']}")
+            raise UsageError(f"hyp['anchor_t'] must be greater than 1, got {settings['anchor_t']}")
 
         self.head = head
         self.num_classes = int(head.num_classes)

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.errors import UsageError
+
 NOMINAL_BATCH_SIZE = 64
 
 
@@ -35,7 +37,7 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
     elif name == "AdamW":
         optimizer = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
-        raise ValueError(f"unknown optimizer {name!r}; choose SGD, Adam or AdamW")
+        raise UsageError(f"unknown optimizer {name!r}; choose SGD, Adam or AdamW")
     optimizer.add_param_group({"params": weights, "weight_decay": weight_decay})
     optimizer.add_param_group({"params": norm_weights, "weight_decay": 0.0})
     return optimizer

@@ -25,6 +25,7 @@ from engine.augment import PAD_COLOR, letterbox
 from engine.boxes import xyxy2xywhn
 from engine.dataset import IMAGE_SUFFIXES, read_image
 from engine.torch_utils import select_device
+from models.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ SOURCE_HELP = ("give an image, a video, a folder of images/videos, a glob patter
                "or a .txt file listing one path per line")
 
 
-class SourceError(ValueError):
+class SourceError(UsageError):
     """A --source that cannot be used; the message says what is wrong and what to give instead."""
 
 
@@ -87,7 +88,7 @@ class Detector:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.fixed_shape is not None and tuple(images.shape[-2:]) != self.fixed_shape:
-            raise ValueError(f"{self.label} was exported for {self.fixed_shape[0]}x{self.fixed_shape[1]} inputs, "
+            raise UsageError(f"{self.label} was exported for {self.fixed_shape[0]}x{self.fixed_shape[1]} inputs, "
                              f"got {images.shape[-2]}x{images.shape[-1]}")
         images = images.to(self.device, self.dtype)
         batch = images.shape[0]
@@ -134,7 +135,7 @@ class Detector:
 def check_imgsz(imgsz: int, stride: int) -> int:
     """Round ``imgsz`` up to a multiple of ``stride`` (with a warning when it changes)."""
     if not isinstance(imgsz, int) or isinstance(imgsz, bool) or imgsz < 1:
-        raise ValueError(f"--imgsz must be a positive integer, got {imgsz!r}")
+        raise UsageError(f"--imgsz must be a positive integer, got {imgsz!r}")
     rounded = max(math.ceil(imgsz / stride), 1) * stride
     if rounded != imgsz:
         logger.warning("--imgsz %d is not a multiple of the max stride %d; using %d", imgsz, stride, rounded)
@@ -152,13 +153,13 @@ def load_detector(weights: str | Path | Sequence[str | Path], device: str | torc
     """
     paths = [Path(weights)] if isinstance(weights, (str, os.PathLike)) else [Path(item) for item in weights]
     if not paths:
-        raise ValueError("--weights: give at least one .pt or .onnx file")
+        raise UsageError("--weights: give at least one .pt or .onnx file")
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"--weights: {path} does not exist (downloads are not supported; "
                                     "give a local .pt or .onnx file)")
         if path.suffix.lower() not in (".pt", ".pth", ".onnx"):
-            raise ValueError(f"--weights: {path} is neither a PyTorch .pt nor an .onnx file")
+            raise UsageError(f"--weights: {path} is neither a PyTorch .pt nor an .onnx file")
     device = device if isinstance(device, torch.device) else select_device(device)
     if half and device.type != "cuda":
         logger.warning("--half needs a CUDA device; running in float32 on %s", device)
@@ -166,9 +167,9 @@ def load_detector(weights: str | Path | Sequence[str | Path], device: str | torc
     onnx = [path for path in paths if path.suffix.lower() == ".onnx"]
     if onnx:
         if len(paths) > 1:
-            raise ValueError(f"--weights: an ensemble needs PyTorch .pt files; got {[str(p) for p in paths]}")
+            raise UsageError(f"--weights: an ensemble needs PyTorch .pt files; got {[str(p) for p in paths]}")
         if augment:
-            raise ValueError(f"--augment (test-time augmentation) needs a PyTorch .pt model; {onnx[0]} is ONNX")
+            raise UsageError(f"--augment (test-time augmentation) needs a PyTorch .pt model; {onnx[0]} is ONNX")
         return _load_onnx(onnx[0], device, half, imgsz)
     return _load_pytorch(paths, device, half, imgsz, augment)
 
@@ -184,7 +185,7 @@ def _load_pytorch(paths: list[Path], device: torch.device, half: bool, imgsz: in
             model.half()
         model_names = list(info.get("names") or model.names)
         if names is not None and len(model_names) != len(names):
-            raise ValueError(f"--weights: cannot ensemble {paths[0]} ({len(names)} classes) with {path} "
+            raise UsageError(f"--weights: cannot ensemble {paths[0]} ({len(names)} classes) with {path} "
                              f"({len(model_names)} classes)")
         names = names or model_names
         models.append(model)
@@ -210,7 +211,7 @@ def _load_onnx(path: Path, device: torch.device, half: bool, imgsz: int) -> Dete
     fixed_shape, fixed_batch = _fixed_input(backend)
     if fixed_shape is not None:
         if fixed_shape[0] != fixed_shape[1]:
-            raise ValueError(f"{path} was exported for a non-square {fixed_shape[0]}x{fixed_shape[1]} input; "
+            raise UsageError(f"{path} was exported for a non-square {fixed_shape[0]}x{fixed_shape[1]} input; "
                              "re-export it with a square --imgsz or with dynamic shapes")
         if imgsz != fixed_shape[0]:
             logger.warning("%s was exported for %dx%d inputs; using imgsz %d instead of %d", path, *fixed_shape,

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from models.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,12 +30,12 @@ def select_device(device: str = "", batch_size: int | None = None) -> torch.devi
     if text == "mps":
         return torch.device("mps")
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r} asks for CUDA, but torch.cuda.is_available() is False; "
+        raise UsageError(f"--device {device!r} asks for CUDA, but torch.cuda.is_available() is False; "
                          "use --device cpu")
     indices = [int(i) for i in text.split(",") if i.strip()] or [0]
     for index in indices:
         if index >= torch.cuda.device_count():
-            raise ValueError(f"CUDA device {index} requested, {torch.cuda.device_count()} available")
+            raise UsageError(f"CUDA device {index} requested, {torch.cuda.device_count()} available")
     local_rank = int(os.environ.get("LOCAL_RANK", -1))
     chosen = indices[local_rank] if 0 <= local_rank < len(indices) else indices[0]
     return torch.device(f"cuda:{chosen}")

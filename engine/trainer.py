@@ -8,6 +8,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,10 +23,12 @@ from engine.autoanchor import check_anchor_order, check_anchors
 from engine.dataloader import create_dataloader
 from engine.dataset import load_data_config
 from engine.ema import ModelEMA
+from engine.guard import NonFiniteGuard
 from engine.loss import YoloLoss
 from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda
 from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
+from models.errors import UsageError
 from models.yolo import DetectionModel
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,29 @@ class TrainOptions:
     quiet: bool = False
 
 
+@dataclass
+class TrainingState:
+    """What the training steps share within one run. What a resume needs of it goes into every checkpoint."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    schedule: Callable[[float], float]
+    ema: ModelEMA | None
+    scaler: torch.amp.GradScaler
+    loss_fn: YoloLoss
+    batches: int
+    warmup_iterations: int
+    accumulate: int
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
+    stopper: EarlyStopping | None = None
+    start_epoch: int = 0
+    best_fitness: float = 0.0
+    best_epoch: int = -1  # the early stopper's, restored on resume
+    last_step: int = -1
+    images_seen: int = 0
+    train_seconds: float = 0.0
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised after Ctrl-C once last.pt has been written."""
 
@@ -92,7 +118,7 @@ def load_hyp(path: str | Path) -> dict:
         path = alternative
     hyp = yaml.safe_load(path.read_text())
     if not isinstance(hyp, dict):
-        raise ValueError(f"{path}: a hyperparameter YAML must be a mapping")
+        raise UsageError(f"{path}: a hyperparameter YAML must be a mapping")
     return hyp
 
 
@@ -124,7 +150,7 @@ class Trainer:
             checkpoint_path = find_resume_checkpoint(options.resume, options.project)
             self.resume_state = load_checkpoint(checkpoint_path)
             if self.resume_state["optimizer"] is None:
-                raise ValueError(f"{checkpoint_path} already finished training (its optimizer state was stripped); "
+                raise UsageError(f"{checkpoint_path} already finished training (its optimizer state was stripped); "
                                  f"nothing to resume. To train further, start a new run with --weights {checkpoint_path}")
             saved = self.resume_state["options"]
             saved.update(resume=str(checkpoint_path), exist_ok=True, device=options.device or saved.get("device", ""),
@@ -132,7 +158,9 @@ class Trainer:
             options = TrainOptions(**{k: v for k, v in saved.items() if k in TrainOptions.__dataclass_fields__})
             options.name = Path(checkpoint_path).parent.parent.name
             options.project = str(Path(checkpoint_path).parent.parent.parent)
-            logger.info("Resuming %s from epoch %d", checkpoint_path, self.resume_state["epoch"] + 1)
+            done = self.resume_state["epoch"] + 1
+            logger.info("Resuming %s: %d of %d epochs done, continuing with epoch %d", checkpoint_path, done,
+                        options.epochs, done + 1)
         self.options = options
         self.device = select_device(options.device)
         if self.world_size > 1:
@@ -177,7 +205,7 @@ class Trainer:
         elif options.cfg:
             model = DetectionModel(options.cfg, num_classes=self.num_classes, names=self.names)
         else:
-            raise ValueError("give --cfg (a model YAML) and/or --weights (a checkpoint)")
+            raise UsageError("give --cfg (a model YAML) and/or --weights (a checkpoint)")
         return model.to(self.device)
 
     def _freeze(self, freeze: list[int]) -> None:
@@ -206,149 +234,207 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def run(self) -> dict:
-        options, hyp, device = self.options, self.hyp, self.device
+        """Train from the first (or the resumed) epoch to the last; returns the final metrics of best.pt."""
         train_loader, train_set, val_loader = self._dataloaders()
-        if self.is_main:
-            if not options.noplots and not self.resume_state:
-                from engine.visualize import plot_labels
-                plot_labels(train_set.labels, self.names, self.save_dir / "labels.jpg")
-        head = self.model.head
-        if not self.resume_state:
-            if not options.noautoanchor or head.anchors_generated:
-                check_anchors(train_set, head, thr=hyp["anchor_t"], image_size=self.imgsz)
-            check_anchor_order(head)
-        if self.world_size > 1:  # every rank must use rank 0's anchors
-            dist.broadcast(head.anchors, 0)
-
-        accumulate = max(round(NOMINAL_BATCH_SIZE / options.batch_size), 1)
-        weight_decay = hyp["weight_decay"] * options.batch_size * accumulate / NOMINAL_BATCH_SIZE
-        optimizer = build_optimizer(self.model, options.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
-        schedule = lr_lambda(options.epochs, hyp["lrf"], options.cos_lr)
-        scheduler = build_scheduler(optimizer, schedule)
-        ema = ModelEMA(self.model) if self.is_main else None
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        start_epoch, best_fitness, last_step = 0, 0.0, -1
-        if self.resume_state:
-            state = self.resume_state
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if ema is not None and state.get("ema") is not None:
-                ema.ema.load_state_dict(state["ema"])
-                ema.updates = state["ema_updates"]
-            start_epoch, best_fitness = state["epoch"] + 1, state["best_fitness"]
-            last_step = state["extra"].get("last_step", -1)
-            scaler_state = state["extra"].get("grad_scaler")
-            if scaler_state:
-                scaler.load_state_dict(scaler_state)
-            if start_epoch >= options.epochs:
-                raise ValueError(f"{options.resume} already finished its {options.epochs} epochs; nothing to resume")
-
+        self._prepare_anchors(train_set)
+        state = self._training_state(len(train_loader))
         model = self.model
         if self.world_size > 1:
             model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device] if device.type == "cuda" else None)
-        loss_fn = YoloLoss(self.model.head, hyp, image_size=self.imgsz)
-        batches = len(train_loader)
-        warmup_iterations = max(round(hyp["warmup_epochs"] * batches), 100)
-        stopper = EarlyStopping(options.patience, best_fitness, start_epoch - 1)
-        results_csv = self.save_dir / "results.csv"
-        images_seen, train_seconds = 0, 0.0
-        final = {}
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         if self.is_main:
             logger.info("Image sizes %d train, %d val; %d dataloader workers; logging to %s\nStarting training for "
                         "%d epochs...", self.imgsz, self.imgsz, train_loader.num_workers, self.save_dir,
-                        options.epochs)
-        epoch = start_epoch
+                        self.options.epochs)
+        if state.start_epoch >= self.options.epochs and self.is_main:
+            logger.info("All %d epochs were trained before; finishing the run", self.options.epochs)
+        epoch, epochs_run = state.start_epoch, 0
         try:
-            for epoch in range(start_epoch, options.epochs):
-                epoch_start = time.perf_counter()
-                model.train()
-                self._seed_epoch(train_loader, epoch)
-                mean_loss = torch.zeros(3, device=device)
-                optimizer.zero_grad()
-                bar = tqdm(enumerate(train_loader), total=batches, disable=not self.is_main or options.quiet,
-                           bar_format="{l_bar}{bar:10}{r_bar}")
-                for i, (images, targets, paths, _) in bar:
-                    iteration = i + batches * epoch
-                    images = images.to(device, non_blocking=True).float() / 255
-                    if iteration <= warmup_iterations:
-                        accumulate = max(1, int(np.interp(iteration, [0, warmup_iterations],
-                                                          [1, NOMINAL_BATCH_SIZE / options.batch_size]).round()))
-                        apply_warmup(optimizer, iteration, warmup_iterations, epoch, schedule, hyp)
-                    with torch.autocast(device_type=device.type, enabled=self.amp):
-                        predictions = model(images)
-                    loss, loss_items = loss_fn(predictions, targets.to(device))
-                    if self.world_size > 1:
-                        loss = loss * self.world_size  # DDP averages gradients across ranks
-                    scaler.scale(loss).backward()
-                    if iteration - last_step >= accumulate:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-                        scaler.step(optimizer)
-                        scaler.update()
-                        optimizer.zero_grad()
-                        if ema is not None:
-                            ema.update(self.model)
-                        last_step = iteration
-                    mean_loss = (mean_loss * i + loss_items) / (i + 1)
-                    images_seen += images.shape[0]
-                    if self.is_main:
-                        memory = f"{torch.cuda.memory_reserved(device) / 1e9:.3g}G" if device.type == "cuda" else "0G"
-                        bar.set_description(f"{epoch + 1}/{options.epochs} {memory} box {mean_loss[0]:.4f} "
-                                            f"obj {mean_loss[1]:.4f} cls {mean_loss[2]:.4f} inst {targets.shape[0]}")
-                        if epoch == start_epoch and i < 3 and not options.noplots:
-                            from engine.visualize import plot_batch
-                            plot_batch(images, targets, paths, self.save_dir / f"train_batch{i}.jpg", self.names)
-                learning_rates = [group["lr"] for group in optimizer.param_groups]
-                scheduler.step()
-                train_seconds += time.perf_counter() - epoch_start
-
-                if self.is_main:
-                    final_epoch = epoch + 1 == options.epochs
-                    result = None
-                    if not options.noval or final_epoch:
-                        result = self._validate(ema.ema, val_loader, loss_fn)
-                    metrics = result.metrics if result else {"precision": 0, "recall": 0, "map50": 0, "map": 0,
-                                                             "fitness": 0.0}
-                    val_losses = result.losses if result else [0.0, 0.0, 0.0]
-                    fitness = metrics["fitness"]
-                    self._append_results(results_csv, epoch, mean_loss.tolist(), metrics, val_losses,
-                                         learning_rates)
-                    improved = fitness > best_fitness
-                    best_fitness = max(best_fitness, fitness)
-                    checkpoint = self._checkpoint(epoch, best_fitness, ema, optimizer, scheduler,
-                                                  last_step=last_step, grad_scaler=scaler.state_dict())
-                    self._save(checkpoint, self.weights_dir / "last.pt")
-                    if improved or not (self.weights_dir / "best.pt").exists():
-                        self._save(checkpoint, self.weights_dir / "best.pt")
-                    if options.save_period > 0 and (epoch + 1) % options.save_period == 0:
-                        self._save(checkpoint, self.weights_dir / f"epoch{epoch + 1}.pt")
-                    stop = stopper(epoch, fitness)
-                else:
-                    stop = False
-                if self.world_size > 1:
-                    flag = torch.tensor([int(stop)], device=device)
-                    dist.broadcast(flag, 0)
-                    stop = bool(flag.item())
-                if stop:
+            for epoch in range(state.start_epoch, self.options.epochs):
+                mean_loss, learning_rates = self._train_epoch(model, train_loader, state, epoch)
+                epochs_run += 1
+                if self._end_epoch(val_loader, state, epoch, mean_loss, learning_rates):
                     break
         except KeyboardInterrupt:
-            if self.is_main and ema is not None:
-                # the unfinished epoch is re-run on resume, so the next optimizer step must come as scheduled
-                state = self._checkpoint(epoch - 1, best_fitness, ema, optimizer, scheduler,
-                                         last_step=min(last_step, epoch * batches - 1),
-                                         grad_scaler=scaler.state_dict(), interrupted_in_epoch=epoch)
-                self._save(state, self.weights_dir / "last.pt")
-                logger.warning("Interrupted: saved %s (resume with --resume %s)", self.weights_dir / "last.pt",
-                               self.save_dir)
+            self._save_interrupted(state, epoch)
             raise TrainingInterrupted() from None
         finally:
             if self.world_size > 1 and dist.is_initialized():
                 dist.destroy_process_group()
+        if not self.is_main:
+            return {}
+        return self._finish(val_loader, state.loss_fn, epochs_run, state.train_seconds, state.images_seen)
 
+    def _prepare_anchors(self, train_set) -> None:
+        if self.is_main and not self.options.noplots and not self.resume_state:
+            from engine.visualize import plot_labels
+            plot_labels(train_set.labels, self.names, self.save_dir / "labels.jpg")
+        head = self.model.head
+        if not self.resume_state:
+            if not self.options.noautoanchor or head.anchors_generated:
+                check_anchors(train_set, head, thr=self.hyp["anchor_t"], image_size=self.imgsz)
+            check_anchor_order(head)
+        if self.world_size > 1:  # every rank must use rank 0's anchors
+            dist.broadcast(head.anchors, 0)
+
+    def _training_state(self, batches: int) -> TrainingState:
+        """Optimizer, schedule, EMA, loss scaler and counters: fresh, or restored from the resumed checkpoint."""
+        options, hyp = self.options, self.hyp
+        accumulate = max(round(NOMINAL_BATCH_SIZE / options.batch_size), 1)
+        weight_decay = hyp["weight_decay"] * options.batch_size * accumulate / NOMINAL_BATCH_SIZE
+        optimizer = build_optimizer(self.model, options.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
+        schedule = lr_lambda(options.epochs, hyp["lrf"], options.cos_lr)
+        state = TrainingState(
+            optimizer=optimizer, schedule=schedule, scheduler=build_scheduler(optimizer, schedule),
+            ema=ModelEMA(self.model) if self.is_main else None,
+            scaler=torch.amp.GradScaler("cuda", enabled=self.amp),
+            loss_fn=YoloLoss(self.model.head, hyp, image_size=self.imgsz), batches=batches,
+            warmup_iterations=max(round(hyp["warmup_epochs"] * batches), 100), accumulate=accumulate)
+        if self.resume_state:
+            self._restore(state, self.resume_state)
+        state.stopper = EarlyStopping(options.patience, state.best_fitness, state.best_epoch)
+        return state
+
+    def _restore(self, state: TrainingState, saved: dict) -> None:
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        if state.ema is not None and saved.get("ema") is not None:
+            state.ema.ema.load_state_dict(saved["ema"])
+            state.ema.updates = saved["ema_updates"]
+        state.start_epoch, state.best_fitness = saved["epoch"] + 1, saved["best_fitness"]
+        extra = saved["extra"]
+        if extra.get("stopped_early"):  # killed while finishing an early-stopped run: finish it, train no more
+            state.start_epoch = self.options.epochs
+        state.last_step = extra.get("last_step", -1)
+        state.best_epoch = extra.get("best_epoch", saved["epoch"])
+        if extra.get("grad_scaler"):
+            state.scaler.load_state_dict(extra["grad_scaler"])
         if self.is_main:
-            final = self._finish(val_loader, loss_fn, epoch - start_epoch + 1, train_seconds, images_seen)
-        return final
+            self._discard_unsaved_epochs(state.start_epoch)
+
+    def _discard_unsaved_epochs(self, start_epoch: int) -> None:
+        """A kill between writing an epoch's results row and its last.pt left a row that will be re-run; a kill
+        during a checkpoint write left a temporary file. Remove both, so the resumed run's files equal an
+        uninterrupted run's."""
+        results = self.save_dir / "results.csv"
+        if results.is_file():
+            rows = list(csv.reader(results.open(newline="")))
+            kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < start_epoch]
+            if len(kept) != len(rows):
+                with results.open("w", newline="") as handle:
+                    csv.writer(handle).writerows(kept)
+                logger.info("results.csv: dropped %d row(s) of epochs that are re-run", len(rows) - len(kept))
+        for leftover in self.weights_dir.glob(".*.pt.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+    def _train_epoch(self, model: nn.Module, loader, state: TrainingState, epoch: int
+                     ) -> tuple[list[float], list[float]]:
+        """One pass over the training set; returns the mean [box, obj, cls] losses and the groups' learning rates."""
+        options, device = self.options, self.device
+        epoch_start = time.perf_counter()
+        model.train()
+        self._seed_epoch(loader, epoch)
+        state.guard.start_epoch(epoch)
+        mean_loss, finite_batches = torch.zeros(3, device=device), 0
+        state.optimizer.zero_grad()
+        bar = tqdm(enumerate(loader), total=state.batches, disable=not self.is_main or options.quiet,
+                   bar_format="{l_bar}{bar:10}{r_bar}")
+        for i, (images, targets, paths, _) in bar:
+            images = images.to(device, non_blocking=True).float() / 255
+            loss_items = self._train_step(model, state, images, targets, paths, epoch, i)
+            if torch.isfinite(loss_items).all():  # a skipped batch is reported by the guard, not averaged in
+                mean_loss = (mean_loss * finite_batches + loss_items) / (finite_batches + 1)
+                finite_batches += 1
+            state.images_seen += images.shape[0]
+            if self.is_main:
+                memory = f"{torch.cuda.memory_reserved(device) / 1e9:.3g}G" if device.type == "cuda" else "0G"
+                bar.set_description(f"{epoch + 1}/{options.epochs} {memory} box {mean_loss[0]:.4f} "
+                                    f"obj {mean_loss[1]:.4f} cls {mean_loss[2]:.4f} inst {targets.shape[0]}")
+                if epoch == state.start_epoch and i < 3 and not options.noplots:
+                    from engine.visualize import plot_batch
+                    plot_batch(images, targets, paths, self.save_dir / f"train_batch{i}.jpg", self.names)
+        learning_rates = [group["lr"] for group in state.optimizer.param_groups]
+        state.scheduler.step()
+        state.train_seconds += time.perf_counter() - epoch_start
+        return mean_loss.tolist(), learning_rates
+
+    def _train_step(self, model: nn.Module, state: TrainingState, images: torch.Tensor, targets: torch.Tensor,
+                    paths: tuple, epoch: int, batch: int) -> torch.Tensor:
+        """Forward and backward of one batch; an optimizer step once ``accumulate`` batches have gathered.
+
+        A step whose loss or gradient is not finite is skipped whole: its gradients are dropped, and neither the
+        optimizer, the EMA nor the weights change (``NonFiniteGuard``). Backward runs even on a non-finite loss,
+        so under DDP every rank receives the bad gradient in the all-reduce and skips the same step.
+        """
+        iteration = batch + state.batches * epoch
+        if iteration <= state.warmup_iterations:
+            state.accumulate = max(1, int(np.interp(iteration, [0, state.warmup_iterations],
+                                                    [1, NOMINAL_BATCH_SIZE / self.options.batch_size]).round()))
+            apply_warmup(state.optimizer, iteration, state.warmup_iterations, epoch, state.schedule, self.hyp)
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            predictions = model(images)
+        loss, loss_items = state.loss_fn(predictions, targets.to(self.device))
+        if self.world_size > 1:
+            loss = loss * self.world_size  # DDP averages gradients across ranks
+        state.guard.add_batch(batch, paths, loss)
+        state.scaler.scale(loss).backward()
+        # A bad gradient ends the accumulation at once (its step is skipped, not filled with more batches). Under
+        # DDP the gradients are all-reduced, so every rank sees the same and ends it at the same batch.
+        if iteration - state.last_step >= state.accumulate or not gradients_are_finite(self.model):
+            state.scaler.unscale_(state.optimizer)
+            gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+            if state.guard.step_is_finite(gradient_norm, state.scaler):
+                state.scaler.step(state.optimizer)
+                if state.ema is not None:
+                    state.ema.update(self.model)
+            state.scaler.update()
+            state.optimizer.zero_grad()
+            state.last_step = iteration
+        return loss_items
+
+    def _end_epoch(self, val_loader, state: TrainingState, epoch: int, mean_loss: list[float],
+                   learning_rates: list[float]) -> bool:
+        """Validate, log, checkpoint and ask the early stopper; returns True to stop (the same on every rank)."""
+        stop = False
+        if self.is_main:
+            final_epoch = epoch + 1 == self.options.epochs
+            result = None
+            if not self.options.noval or final_epoch:
+                result = self._validate(state.ema.ema, val_loader, state.loss_fn)
+            metrics = result.metrics if result else {"precision": 0, "recall": 0, "map50": 0, "map": 0,
+                                                     "fitness": 0.0}
+            val_losses = result.losses if result else [0.0, 0.0, 0.0]
+            self._append_results(self.save_dir / "results.csv", epoch, mean_loss, metrics, val_losses,
+                                 learning_rates)
+            improved = metrics["fitness"] > state.best_fitness
+            state.best_fitness = max(state.best_fitness, metrics["fitness"])
+            stop = state.stopper(epoch, metrics["fitness"])
+            self._save_epoch(state, epoch, improved or not (self.weights_dir / "best.pt").exists(), stop)
+        if self.world_size > 1:
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def _save_epoch(self, state: TrainingState, epoch: int, save_best: bool, stopped_early: bool) -> None:
+        # best.pt before last.pt: a kill between the two re-runs this epoch, which then writes best.pt again.
+        checkpoint = self._checkpoint(state, epoch, last_step=state.last_step, stopped_early=stopped_early)
+        if save_best:
+            self._save(checkpoint, self.weights_dir / "best.pt")
+        self._save(checkpoint, self.weights_dir / "last.pt")
+        if self.options.save_period > 0 and (epoch + 1) % self.options.save_period == 0:
+            self._save(checkpoint, self.weights_dir / f"epoch{epoch + 1}.pt")
+
+    def _save_interrupted(self, state: TrainingState, epoch: int) -> None:
+        """After Ctrl-C: last.pt as of the end of the previous epoch, so the unfinished epoch is re-run on resume."""
+        if not self.is_main or state.ema is None:
+            return
+        # the next optimizer step must come as scheduled in the re-run epoch
+        checkpoint = self._checkpoint(state, epoch - 1, last_step=min(state.last_step, epoch * state.batches - 1),
+                                      interrupted_in_epoch=epoch)
+        self._save(checkpoint, self.weights_dir / "last.pt")
+        logger.warning("Interrupted: saved %s (resume with --resume %s)", self.weights_dir / "last.pt",
+                       self.save_dir)
 
     def _seed_epoch(self, loader, epoch: int) -> None:
         """Derive every random stream of an epoch from (seed, epoch), so a resumed run replays the same epochs."""
@@ -365,13 +451,17 @@ class Trainer:
         return evaluate(model, loader, self.num_classes, self.names, self.device, half=self.amp, loss_fn=loss_fn,
                         single_cls=self.options.single_cls, progress=not self.options.quiet)
 
-    def _checkpoint(self, epoch: int, best_fitness: float, ema: ModelEMA, optimizer, scheduler, **extra) -> dict:
+    def _checkpoint(self, state: TrainingState, epoch: int, **extra) -> dict:
+        """Everything a resume needs to continue exactly: weights, EMA, optimizer, schedule, scaler, counters."""
         from models.weights import build_checkpoint
 
+        ema = state.ema
         return build_checkpoint(
-            self.model, ema_state=ema.ema.state_dict(), ema_updates=ema.updates, optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), epoch=epoch, best_fitness=float(best_fitness), hyp=self.hyp,
-            options=asdict(self.options), date=datetime.now(timezone.utc).isoformat(), extra=extra)
+            self.model, ema_state=ema.ema.state_dict(), ema_updates=ema.updates,
+            optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(), epoch=epoch,
+            best_fitness=float(state.best_fitness), hyp=self.hyp, options=asdict(self.options),
+            date=datetime.now(timezone.utc).isoformat(),
+            extra={"grad_scaler": state.scaler.state_dict(), "best_epoch": state.stopper.best_epoch, **extra})
 
     def _save(self, checkpoint: dict, path: Path) -> None:
         from models.weights import save_checkpoint
@@ -418,6 +508,12 @@ class Trainer:
         for path in (self.weights_dir / "last.pt", self.weights_dir / "best.pt"):
             if path.is_file():
                 logger.info("Optimizer stripped from %s, %.1f MB", path, strip_training_state(path) / 1e6)
+
+
+def gradients_are_finite(model: nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite (one reduction over all of them)."""
+    norms = [torch.linalg.vector_norm(parameter.grad) for parameter in model.parameters() if parameter.grad is not None]
+    return not norms or bool(torch.isfinite(torch.stack(norms).sum()))
 
 
 class EarlyStopping:

@@ -25,8 +25,10 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from models.errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A model YAML that cannot be built. The message names the file, the layer and what is wrong."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.errors import UsageError
 from models.modules.activation import is_activation, parse_activation
 from models.registry import ConfigError, lookup
 from models.yolo import DetectionModel
@@ -50,7 +51,7 @@ YOLOV7_MODULES = frozenset({"IDetect", "IAuxDetect", "IKeypoint", "IBin", "MP", 
 MAX_LISTED = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file and the reason."""
 
 

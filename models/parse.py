@@ -7,22 +7,34 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 import yaml
 
 import models.modules  # noqa: F401  (registers every module)
 from models.modules.activation import default_activation, parse_activation
-from models.registry import ConfigError, LayerInputs, lookup
+from models.registry import MAX_CHANNELS, ConfigError, LayerInputs, lookup
 
 CFG_DIR = Path(__file__).resolve().parent.parent / "cfg"
 REQUIRED_KEYS = ("backbone", "head")
 STRING_VALUES = {"nearest", "bilinear", "bicubic", "linear"}  # interpolation modes for nn.Upsample
 _ACTIVATION_TEXT = re.compile(r"^(?:torch\.)?(?:nn\.)?[A-Z][A-Za-z0-9]*\(.*\)$")
+
+# Bounds checked before anything is allocated: a config is input, and a typo must not take the machine's
+# memory (depth_multiple 1e6 once asked for millions of blocks). Each is far above any published model.
+MAX_MULTIPLE = 10.0  # depth_multiple and width_multiple lie in (0, 10]; yolov5x uses 1.33 and 1.25
+MAX_CLASSES = 100_000
+MAX_REPEATS = 100  # a layer's 'number', before and after depth scaling; yolov5x's largest is 12
+MAX_ANCHORS_PER_LEVEL = 16
+MAX_ANCHOR_PIXELS = 100_000.0
+MAX_PARAMETERS = 500_000_000  # the whole model, 2 GB in float32; yolov7-e6e has 151 M
 
 
 @dataclass
@@ -59,7 +71,11 @@ def load_model_config(cfg: str | Path | dict) -> tuple[dict, str]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        # One line (PyYAML's own message spans several, with the offending text quoted)
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a model YAML must be a mapping with 'backbone' and 'head'")
     data["yaml_file"] = path.name
@@ -114,12 +130,15 @@ def build_layers(cfg: str | Path | dict, in_channels: int = 3, num_classes: int 
         if not isinstance(data.get(key), list):
             raise ConfigError(f"{source_name}: missing or invalid '{key}' list")
     if num_classes is not None:
-        data["nc"] = int(num_classes)
+        data["nc"] = num_classes
     if "nc" not in data:
         raise ConfigError(f"{source_name}: 'nc' (number of classes) is missing")
-    depth_multiple = float(data.get("depth_multiple", 1.0))
-    width_multiple = float(data.get("width_multiple", 1.0))
-    anchors = data.get("anchors", 3)
+    if not _is_integer(data["nc"]) or not 1 <= data["nc"] <= MAX_CLASSES:
+        raise ConfigError(f"{source_name}: nc: the number of classes must be an integer from 1 to {MAX_CLASSES}, "
+                          f"got {_short(data['nc'])}")
+    depth_multiple = _multiple(data, "depth_multiple", source_name)
+    width_multiple = _multiple(data, "width_multiple", source_name)
+    anchors = _checked_anchors(data.get("anchors", 3), source_name)
     anchors_per_level = anchors if isinstance(anchors, int) else len(anchors[0]) // 2
     symbols = {"nc": data["nc"], "anchors": anchors, "None": None, "True": True, "False": False}
     try:
@@ -130,14 +149,17 @@ def build_layers(cfg: str | Path | dict, in_channels: int = 3, num_classes: int 
     layers, records = nn.ModuleList(), []
     channels: list[int] = []
     strides: list[float] = []
+    budget = [MAX_PARAMETERS]  # parameters and buffers the remaining layers may still hold
     with default_activation(activation):
         for index, line in enumerate(data["backbone"] + data["head"]):
             module_name = line[2] if isinstance(line, list) and len(line) == 4 else "?"
             try:
                 module, record = _build_layer(index, line, channels, strides, in_channels, symbols, depth_multiple,
-                                              width_multiple, anchors_per_level * (data["nc"] + 5))
+                                              width_multiple, anchors_per_level * (data["nc"] + 5), budget)
             except ConfigError as error:
-                raise ConfigError(f"{source_name}: layer {index} ({module_name}): {error}") from None
+                name = module_name if isinstance(module_name, str) else repr(module_name)
+                name = name if len(name) <= 60 else name[:60] + "..."
+                raise ConfigError(f"{source_name}: layer {index} ({name}): {error}") from None
             layers.append(module)
             records.append(record)
             channels.append(record.out_channels)
@@ -147,15 +169,68 @@ def build_layers(cfg: str | Path | dict, in_channels: int = 3, num_classes: int 
     return layers, records, data
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _multiple(data: dict, key: str, source_name: str) -> float:
+    value = data.get(key, 1.0)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= MAX_MULTIPLE):
+        raise ConfigError(f"{source_name}: {key}: must be a number in (0, {MAX_MULTIPLE:g}], got {_short(value)}")
+    return float(value)
+
+
+def _checked_anchors(anchors: Any, source_name: str) -> int | list:
+    """An anchor count per level, or one flat [w0, h0, w1, h1, ...] pixel list per level (same length each)."""
+    if _is_integer(anchors) and 1 <= anchors <= MAX_ANCHORS_PER_LEVEL:
+        return anchors
+    if (isinstance(anchors, list) and anchors and all(isinstance(level, list) for level in anchors)
+            and len({len(level) for level in anchors}) == 1 and len(anchors[0]) % 2 == 0
+            and 2 <= len(anchors[0]) <= 2 * MAX_ANCHORS_PER_LEVEL
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and 0 < v <= MAX_ANCHOR_PIXELS for level in anchors for v in level)):
+        return anchors
+    raise ConfigError(f"{source_name}: anchors: expected an anchor count per level (1 to {MAX_ANCHORS_PER_LEVEL}) or "
+                      f"one list per level of w, h pixel pairs (the same number on every level, each size in "
+                      f"(0, {MAX_ANCHOR_PIXELS:g}]), got {_short(anchors)}")
+
+
+def _checked_size(entry, args: list, copies: int, budget: list[int]) -> None:
+    """Build the layer on the meta device (no memory) and charge its parameters and buffers to ``budget``."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "initializing zero-element tensors": reported below as an error
+            probe = entry.builder(*args)
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        raise ConfigError(f"cannot construct with args {_short(args)}: {error}") from None
+    empty = [name for name, parameter in probe.named_parameters() if parameter.numel() == 0]
+    if empty:
+        raise ConfigError(f"args {_short(args)} give the empty weight(s) {', '.join(empty)} (a size of 0)")
+    size = copies * sum(tensor.numel() for tensor in (*probe.parameters(), *probe.buffers()))
+    if size > budget[0]:
+        raise ConfigError(f"would hold {size:,} parameters and buffers; a model may have at most "
+                          f"{MAX_PARAMETERS:,} in all")
+    budget[0] -= size
+
+
 def _build_layer(index: int, line: Any, channels: list[int], strides: list[float], in_channels: int,
-                 symbols: dict, depth_multiple: float, width_multiple: float, num_outputs: int
+                 symbols: dict, depth_multiple: float, width_multiple: float, num_outputs: int, budget: list[int]
                  ) -> tuple[nn.Module, LayerRecord]:
     if not isinstance(line, list) or len(line) != 4:
-        raise ConfigError(f"a layer is [from, number, module, args], got {line!r}")
+        raise ConfigError(f"a layer is [from, number, module, args], got {_short(line)}")
     raw_from, repeats, module_name, raw_args = line
     entry = lookup(module_name)                                                    # look up
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"'number' must be a positive integer, got {repeats!r}")
+    if not _is_integer(repeats) or not 1 <= repeats <= MAX_REPEATS:
+        raise ConfigError(f"'number' must be an integer from 1 to {MAX_REPEATS}, got {_short(repeats)}")
+    if not 1 <= _depth(repeats, depth_multiple) <= MAX_REPEATS:
+        raise ConfigError(f"'number' {repeats} x depth_multiple {depth_multiple:g} = {_depth(repeats, depth_multiple)} "
+                          f"repeats; at most {MAX_REPEATS}")
     if not isinstance(raw_args, list):
         raise ConfigError(f"args must be a list, got {raw_args!r}")
     sources = _sources(raw_from, index)
@@ -178,11 +253,16 @@ def _build_layer(index: int, line: Any, channels: list[int], strides: list[float
     if copies > 1 and resolved.out_channels not in (None, *input_channels[:1]):
         raise ConfigError(f"cannot repeat it {copies} times: it maps {input_channels[0]} to "
                           f"{resolved.out_channels} channels")
+    if resolved.out_channels is not None and not 1 <= resolved.out_channels <= MAX_CHANNELS:
+        raise ConfigError(f"would output {resolved.out_channels} channels; a layer may have 1 to {MAX_CHANNELS}")
+    _checked_size(entry, resolved.args, copies, budget)
     try:                                                                           # construct
         built = [entry.builder(*resolved.args) for _ in range(copies)]
         stride = input_strides[0] if entry.is_head else input_strides[0] * float(entry.output_stride(bound.arguments)) ** copies
     except (TypeError, ValueError, KeyError) as error:
         raise ConfigError(f"cannot construct with args {raw_args!r}: {error}") from None
+    if not (math.isfinite(stride) and stride > 0):
+        raise ConfigError(f"args {_short(raw_args)} give an output stride of {stride:g}")
     module = built[0] if copies == 1 else nn.Sequential(*built)
     record = LayerRecord(index, sources, repeats, module_name, args, resolved.out_channels, stride,  # record
                          entry.takes_list)

@@ -32,6 +32,9 @@ class ConfigError(UsageError):
     """A model YAML that cannot be built. The message names the file, the layer and what is wrong."""
 
 
+MAX_CHANNELS = 16_384  # output channels of one layer after width scaling (yolov5x's widest: 1280)
+
+
 @dataclass
 class LayerInputs:
     """What the parser knows about a layer before constructing it."""
@@ -47,7 +50,11 @@ class LayerInputs:
         """Width-scale a channel count and round up to a multiple of 8, as YOLOv5 does."""
         if channels == self.num_outputs:
             return channels
-        return make_divisible(channels * self.width_multiple, 8)
+        scaled = make_divisible(channels * self.width_multiple, 8)
+        if not (1 <= channels and scaled <= MAX_CHANNELS):
+            raise ConfigError(f"output channels {channels} (x width_multiple {self.width_multiple:g} = {scaled}) must "
+                              f"be 1 to {MAX_CHANNELS}")
+        return scaled
 
 
 @dataclass
@@ -102,7 +109,7 @@ def head_rule(inputs: LayerInputs) -> ResolvedLayer:
 
 
 def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
         raise ConfigError(f"{what} must be an integer, got {value!r}")
     return int(value)
 

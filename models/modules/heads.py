@@ -60,9 +60,11 @@ class Detect(nn.Module):
     @torch.no_grad()
     def initialize_biases(self, class_frequency: torch.Tensor | None = None) -> None:
         """Objectness prior of ~8 objects per 640x640 image; class prior 0.6/(nc - 0.99) (or the class frequencies)."""
-        for conv, stride in zip(self.output_convs(), self.stride.tolist()):
+        # Tensor arithmetic (in float64, as math.log would be) rather than .tolist(): the parser first builds each
+        # layer on the meta device to check its size, where tensors have no values to read.
+        for conv, stride in zip(self.output_convs(), self.stride.double()):
             bias = conv.bias.view(self.num_anchors, -1)
-            bias[:, 4] += math.log(8 / (640 / stride) ** 2)
+            bias[:, 4] += torch.log(8 / (640 / stride) ** 2)
             if class_frequency is None:
                 bias[:, 5:] += math.log(0.6 / (self.num_classes - 0.99))
             else:

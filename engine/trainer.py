@@ -444,6 +444,8 @@ class Trainer:
         torch.manual_seed(seed)
         if loader.generator is not None:
             loader.generator.manual_seed(seed)
+        # rank-free: item i of epoch e is augmented alike whatever the world size or the number of workers
+        loader.dataset.set_augment_seed(self.options.seed * 100_003 + epoch * 1_009)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
 

@@ -135,3 +135,22 @@ def test_resume_drops_results_rows_and_temporary_files_a_kill_left(tiny_data, re
     Trainer(TrainOptions(resume=str(run), workers=0)).run()
     # in this process, one torch thread is not quite the subprocesses' OMP_NUM_THREADS=1 (last printed digit)
     assert_same_run(run, reference, rel=1e-5)
+
+
+def test_augmentation_changes_between_epochs_and_not_with_the_workers(tiny_data):
+    from engine.dataloader import create_dataloader
+    from engine.dataset import load_data_config
+    from engine.trainer import load_hyp
+
+    files = load_data_config(tiny_data)["train"]
+
+    def first_batch(workers: int, epoch: int) -> torch.Tensor:
+        loader, _ = create_dataloader(files, 64, 4, 32, hyp=load_hyp("hyp.scratch-low.yaml"), augment=True,
+                                      workers=workers, shuffle=False, seed=5)  # the same images each epoch
+        trainer = Trainer.__new__(Trainer)  # only _seed_epoch, which reads the options and the rank
+        trainer.options, trainer.rank = TrainOptions(seed=5), -1
+        trainer._seed_epoch(loader, epoch)
+        return next(iter(loader))[0]
+
+    assert torch.equal(first_batch(0, 1), first_batch(2, 1))  # the same epoch, with or without worker processes
+    assert not torch.equal(first_batch(0, 1), first_batch(0, 2))  # each epoch augments the same images anew

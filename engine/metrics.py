@@ -150,6 +150,17 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.nda
     return float(interpolated.mean()), interpolated
 
 
+def ranked_recall_precision(tp: np.ndarray, num_targets: float, eps: float = 1e-16) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative recall and precision after each of one class's detections, ranked by descending confidence.
+
+    ``tp`` is (n, T) bool; returns two (n, T) arrays. ``ap_per_class`` and the bootstrap (engine/stats.py) both use
+    this one function, so a resampled mAP is computed with exactly the same arithmetic as the reported one.
+    """
+    true_positives = np.cumsum(tp, axis=0)
+    false_positives = np.cumsum(~tp, axis=0)
+    return true_positives / (num_targets + eps), true_positives / (true_positives + false_positives)
+
+
 def _box_filter(values: np.ndarray, fraction: float) -> np.ndarray:
     """Moving average of a 1-D curve over about ``fraction`` of its length, edges padded with the end values."""
     width = round(len(values) * fraction * 2) // 2 + 1  # odd, so the window is centred
@@ -237,10 +248,7 @@ def ap_per_class(
         of_class = pred_cls == class_id
         if not of_class.any():
             continue
-        true_positives = np.cumsum(tp[of_class], axis=0)
-        false_positives = np.cumsum(~tp[of_class], axis=0)
-        recall = true_positives / (targets + eps)
-        precision = true_positives / (true_positives + false_positives)
+        recall, precision = ranked_recall_precision(tp[of_class], targets, eps)
         for j in range(num_thresholds):
             ap[k, j], interpolated = compute_ap(recall[:, j], precision[:, j])
             if j == 0:
@@ -363,6 +371,13 @@ class DetectionMetrics:
             self.images_seen += 1
         self._summary = None
         self.result = None
+
+    def image_stats(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per image seen, in order: (tp (n, T) bool, conf (n,), predicted class (n,), label classes (m,)).
+
+        What ``compute`` aggregates; a bootstrap over images resamples these instead of running the model again.
+        """
+        return list(zip(self._tp, self._conf, self._pred_cls, self._target_cls))
 
     def compute(self, f1_smoothing: float = 0.1) -> dict:
         """Aggregate everything seen so far.

@@ -8,9 +8,9 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch

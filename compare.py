@@ -1,14 +1,21 @@
-"""Train and compare model configs side by side: the workflow this project exists for.
+"""Train and compare model configs side by side, and say how sure the comparison is.
 
-    python compare.py --cfgs yolov5n.yaml yolov5n-slimneck.yaml --data data/shapes.yaml --epochs 10 --imgsz 320
-    python compare.py --no-train --cfgs yolov5s.yaml yolov5s-slimneck.yaml --imgsz 640
+    python compare.py --cfgs yolov5n.yaml yolov5n-slimneck.yaml --data data/shapes.yaml --epochs 10 --seeds 0 1 2
+    python compare.py --no-train --weights a.pt b.pt --data my.yaml --imgsz 640
+    python compare.py --no-train --cfgs yolov5s.yaml yolov5s-slimneck.yaml --imgsz 640   # size and latency only
 
-Each config is trained with the same data, hyperparameters, epochs and seed (the train.py engine), in its own folder
-``runs/compare/<name>/<cfg>``; an interrupted comparison resumes and skips finished runs. Then every best.pt is
-validated, and the models' batch-1 latency is measured side by side in this process (warm-up, then the median of
-interleaved runs) in their deploy form: with PyTorch, fused + ``models.deploy.optimize_for_inference`` in channels_last
-memory format; and, when installed, with ONNX Runtime on the graph export.py writes. Prints one table with ratios to the first row, and
-writes compare.csv, compare.md and compare.png.
+Each config is trained once per seed with the same data, hyperparameters and epochs (the train.py engine; the seed
+changes initialisation, augmentation and data order), in ``runs/compare/<name>/<cfg>/seed<k>``; an interrupted
+comparison resumes and skips finished runs. Every best.pt is validated, and the first seed's models are timed side by
+side at batch 1 in their deploy form (PyTorch: fused + ``models.deploy.optimize_for_inference``, channels_last; ONNX
+Runtime on the graph export.py writes, when installed), interleaved round by round.
+
+The table shows mAP as mean ± standard deviation over seeds (with one seed: the value and its bootstrap interval),
+and under it one verdict line per config against the baseline (the first): the mean paired difference over seeds
+with its Student-t 95 % interval, the within-run 95 % interval of the difference from a paired bootstrap over the
+validation images, and the relative size, GFLOPs and latency (with a bootstrap interval over the timing rounds).
+"Higher" or "lower" only when the interval excludes zero (engine/stats.py). Writes compare.csv (one row per config
+and seed), compare.json (every value and interval), compare.md and compare.png (error bars).
 """
 from __future__ import annotations
 
@@ -22,56 +29,85 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.cli import run_command
+from engine.stats import (DEFAULT_RESAMPLES, Interval, bootstrap_maps, bootstrap_ratio_of_medians, percentile_interval,
+                          t_interval)
 from engine.torch_utils import interleaved_timings
 from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 from models.deploy import optimize_for_inference
+from models.errors import UsageError
 from models.yolo import DetectionModel, count_gflops, count_parameters
 
 logger = logging.getLogger("compare")
-COLUMNS = ["config", "params (M)", "GFLOPs", "mAP50", "mAP50-95", "latency ms (torch)", "latency ms (onnxruntime)",
-           "train img/s"]
+METRICS = (("map50", "mAP50"), ("map", "mAP50-95"))
+BACKENDS = (("torch", "torch"), ("onnx", "onnxruntime"))
 
 
 @dataclass
-class Row:
-    """One compared model."""
+class SeedRun:
+    """One trained (or given) model of a config: its seed, metrics and the per-image matches behind them."""
 
-    config: str
+    seed: int | None
+    map50: float
+    map: float
+    train_speed: float | None = None
+    image_stats: list = field(default_factory=list, repr=False)
+    interval: dict = field(default_factory=dict)  # metric -> bootstrap Interval of this run's value
+
+
+@dataclass
+class Entry:
+    """One compared config: its size, its runs (one per seed), and its latency rounds per backend."""
+
+    label: str
     model: DetectionModel = field(repr=False)
     params: int = 0
     gflops: float = 0.0
-    map50: float | None = None
-    map: float | None = None
-    torch_ms: float | None = None
-    onnx_ms: float | None = None
-    train_speed: float | None = None
+    runs: list[SeedRun] = field(default_factory=list)
+    latency: dict = field(default_factory=dict)  # backend -> seconds per timing round
 
-    def values(self) -> list:
-        return [self.config, self.params / 1e6, self.gflops, self.map50, self.map, self.torch_ms, self.onnx_ms,
-                self.train_speed]
+    def metric(self, name: str) -> list[float]:
+        return [getattr(run, name) for run in self.runs]
+
+    def latency_ms(self, backend: str) -> float | None:
+        rounds = self.latency.get(backend)
+        return statistics.median(rounds) * 1e3 if rounds else None
 
 
-def train_one(cfg: str, options: argparse.Namespace, run_dir: Path) -> dict:
-    """Train ``cfg`` into ``run_dir`` unless already done there; resume an unfinished run."""
+# ---------------------------------------------------------------------------------------------- training, validation
+
+def run_folders(cfgs: list[str]) -> list[str]:
+    """A folder name per listed config (its stem; a config listed twice gets -2, -3 ...: trained again)."""
+    names, seen = [], {}
+    for cfg in cfgs:
+        stem = Path(cfg).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def train_one(cfg: str, seed: int, options: argparse.Namespace, run_dir: Path) -> dict:
+    """Train ``cfg`` with ``seed`` into ``run_dir`` unless already done there; resume an unfinished run."""
     done_file = run_dir / "done.json"
     if done_file.is_file():
-        logger.info("%s: finished earlier, skipping training (%s)", cfg, run_dir)
+        logger.info("%s seed %d: finished earlier, skipping training (%s)", cfg, seed, run_dir)
         return json.loads(done_file.read_text())
     last = run_dir / "weights" / "last.pt"
     train_options = TrainOptions(
         data=options.data, cfg=cfg, hyp=options.hyp, epochs=options.epochs, batch_size=options.batch_size,
         imgsz=options.imgsz, device=options.device, workers=options.workers, project=str(run_dir.parent),
-        name=run_dir.name, exist_ok=True, seed=options.seed, patience=0, noplots=options.noplots,
+        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noplots=options.noplots,
         resume=str(last) if last.is_file() else False, quiet=options.quiet)
     summary = Trainer(train_options).run()
     done_file.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def validate(weights: Path, options: argparse.Namespace) -> dict:
+def validate(weights: Path, options: argparse.Namespace) -> tuple[dict, list]:
+    """mAP of ``weights`` on the --data validation set, and the per-image matches for the bootstrap."""
     from engine.dataloader import create_dataloader
     from engine.dataset import load_data_config
     from engine.validate import evaluate
@@ -79,27 +115,50 @@ def validate(weights: Path, options: argparse.Namespace) -> dict:
 
     model, _ = load_model(weights, fuse=True)
     data = load_data_config(options.data)
+    if model.num_classes != data["nc"]:
+        raise UsageError(f"{weights} predicts {model.num_classes} classes but {options.data} has {data['nc']}")
     stride = max(int(model.stride.max()), 32)
     loader, _ = create_dataloader(data["val"], options.imgsz, options.batch_size * 2, stride, rect=True, pad=0.5,
                                   workers=options.workers, num_classes=data["nc"], prefix="val: ")
-    return evaluate(model, loader, model.num_classes, model.names, torch.device("cpu"), progress=not options.quiet,
-                    desc=Path(weights).parent.parent.name).metrics
+    result = evaluate(model, loader, model.num_classes, model.names, torch.device("cpu"), progress=not options.quiet,
+                      desc=Path(weights).parent.parent.name)
+    return result.metrics, result.detection_metrics.image_stats()
 
 
-def measure_latency(rows: list[Row], imgsz: int, runs: int, warmup: int, with_onnx: bool) -> None:
-    """Median batch-1 latency per model and backend, the models of one backend interleaved run by run."""
+def add_bootstrap_intervals(entries: list[Entry], num_classes: int, resamples: int) -> dict:
+    """Per seed: every run's bootstrap interval, and each config's paired difference to the baseline on the same
+    resampled images. Returns {label: {metric: [Interval per seed]}} of the differences."""
+    differences: dict = {entry.label: {name: [] for name, _ in METRICS} for entry in entries[1:]}
+    for index in range(len(entries[0].runs)):
+        runs = [entry.runs[index] for entry in entries]
+        values = bootstrap_maps([run.image_stats for run in runs], num_classes, resamples, seed=index)
+        for column, (name, _) in enumerate(METRICS):
+            for run, samples in zip(runs, values[:, :, column].T):
+                run.interval[name] = percentile_interval(getattr(run, name), samples)
+            for entry, run, samples in zip(entries[1:], runs[1:], values[:, 1:, column].T):
+                estimate = getattr(run, name) - getattr(runs[0], name)
+                differences[entry.label][name].append(percentile_interval(estimate, samples - values[:, 0, column]))
+    return differences
+
+
+# ---------------------------------------------------------------------------------------------- latency
+
+def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, with_onnx: bool) -> None:
+    """Batch-1 latency rounds per model and backend, the models of one backend interleaved run by run."""
     image = torch.rand(1, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
-    runners: dict[str, dict] = {"torch_ms": {}, "onnx_ms": {}}
-    for index, row in enumerate(rows):
-        model = optimize_for_inference(row.model).to(memory_format=torch.channels_last)
-        runners["torch_ms"][index] = lambda m=model: m(image)
+    runners: dict[str, dict] = {"torch": {}, "onnx": {}}
+    for index, entry in enumerate(entries):
+        model = optimize_for_inference(entry.model).to(memory_format=torch.channels_last)
+        runners["torch"][index] = lambda m=model: m(image)
         if with_onnx:
-            runners["onnx_ms"][index] = _onnx_runner(row.model, imgsz)
-    for attribute, functions in runners.items():
+            runners["onnx"][index] = _onnx_runner(entry.model, imgsz)
+    for backend, functions in runners.items():
+        if not functions:
+            continue
         with torch.inference_mode():
             times = interleaved_timings(functions, runs, warmup)
         for index, samples in times.items():
-            setattr(rows[index], attribute, statistics.median(samples) * 1e3)
+            entries[index].latency[backend] = samples
 
 
 def _onnx_runner(model: DetectionModel, imgsz: int):
@@ -122,69 +181,151 @@ def onnx_available() -> bool:
     return True
 
 
-def format_table(rows: list[Row]) -> str:
-    """A Markdown table with every row, then each row's ratio to the first (the baseline)."""
-    def cell(value, digits=3) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+# ---------------------------------------------------------------------------------------------- report
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(v, 4) for v in row.values()) + " |")
-    base = rows[0].values()
-    for row in rows[1:]:
-        ratios = [f"{row.config} / {rows[0].config}"]
-        for value, reference in zip(row.values()[1:], base[1:]):
-            ratios.append(f"{value / reference:.3f}" if value is not None and reference else "-")
-        lines.append("| " + " | ".join(ratios) + " |")
+def _signed(value: float, digits: int = 3) -> str:
+    return f"{value:+.{digits}f}"
+
+
+def _percent(ratio: float) -> str:
+    return f"{(ratio - 1) * 100:+.1f} %"
+
+
+def metric_cell(entry: Entry, name: str) -> str:
+    """mean ± std over seeds, or the single value with its bootstrap interval."""
+    values = entry.metric(name)
+    if not values:
+        return "-"
+    if len(values) > 1:
+        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+    interval = entry.runs[0].interval.get(name)
+    return f"{values[0]:.4f} [{interval.low:.4f}, {interval.high:.4f}]" if interval else f"{values[0]:.4f}"
+
+
+def format_table(entries: list[Entry]) -> str:
+    columns = ["config", "params (M)", "GFLOPs", "mAP50", "mAP50-95", "latency ms (torch)",
+               "latency ms (onnxruntime)", "train img/s"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for entry in entries:
+        speeds = [s for s in entry.metric("train_speed") if s]
+        cells = [entry.label, f"{entry.params / 1e6:.4g}", f"{entry.gflops:.4g}",
+                 metric_cell(entry, "map50"), metric_cell(entry, "map")]
+        cells += [f"{entry.latency_ms(backend):.4g}" if entry.latency_ms(backend) else "-" for backend, _ in BACKENDS]
+        cells.append(f"{np.mean(speeds):.3g}" if speeds else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_outputs(rows: list[Row], save_dir: Path) -> None:
+def verdicts(entries: list[Entry], differences: dict) -> tuple[list[str], dict]:
+    """One line per config against the baseline, and the same numbers for compare.json."""
+    base = entries[0]
+    lines, report = [], {}
+    for entry in entries[1:]:
+        parts, record = [], {}
+        for name, label in METRICS if entry.runs else ():
+            per_seed = [run - base_run for run, base_run in zip(entry.metric(name), base.metric(name))]
+            within = differences[entry.label][name]
+            seeds = t_interval(per_seed)
+            record[name] = {"per_seed": per_seed, "between_seeds": seeds.as_dict(),
+                            "within_run": [interval.as_dict() for interval in within]}
+        if entry.runs:  # mAP50-95 is the headline; mAP50's intervals go to compare.json
+            parts.append(_map_verdict(record["map"]))
+        parts.append(f"params {_percent(entry.params / base.params)}, GFLOPs {_percent(entry.gflops / base.gflops)}")
+        for backend, label in BACKENDS:
+            if entry.latency.get(backend) and base.latency.get(backend):
+                ratio = bootstrap_ratio_of_medians(base.latency[backend], entry.latency[backend])
+                record[f"latency_{backend}_ratio"] = ratio.as_dict()
+                parts.append(f"latency ({label}) {_percent(ratio.estimate)} (95 % CI {_percent(ratio.low)} .. "
+                             f"{_percent(ratio.high)})")
+        lines.append(f"{entry.label} vs {base.label}: " + "; ".join(parts))
+        report[entry.label] = record
+    return lines, report
+
+
+def _map_verdict(record: dict) -> str:
+    seeds, within = Interval(**record["between_seeds"]), Interval(**record["within_run"][0])
+    if seeds.measured:
+        return (f"mAP50-95 {_signed(seeds.estimate)} (95 % CI {_signed(seeds.low)} .. {_signed(seeds.high)}, "
+                f"{seeds.samples} seeds; within a run {_signed(within.low)} .. {_signed(within.high)} by bootstrap): "
+                f"{seeds.verdict()}")
+    return (f"mAP50-95 {_signed(within.estimate)} (95 % CI {_signed(within.low)} .. {_signed(within.high)}, bootstrap "
+            f"over the validation images; 1 seed: training-to-training variation not measured): {within.verdict()}")
+
+
+def write_outputs(entries: list[Entry], lines: list[str], report: dict, save_dir: Path, table: str) -> None:
     save_dir.mkdir(parents=True, exist_ok=True)
     with (save_dir / "compare.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow(["" if v is None else v for v in row.values()])
-    (save_dir / "compare.md").write_text(format_table(rows) + "\n")
-    plot_comparison(rows, save_dir / "compare.png")
+        writer.writerow(["config", "seed", "params", "GFLOPs", "mAP50", "mAP50 low", "mAP50 high", "mAP50-95",
+                         "mAP50-95 low", "mAP50-95 high", "train img/s", "latency ms (torch)",
+                         "latency ms (onnxruntime)"])
+        for entry in entries:
+            for run in entry.runs or [None]:
+                cells = [entry.label, "" if run is None else run.seed, entry.params, entry.gflops]
+                for name, _ in METRICS:
+                    interval = run.interval.get(name) if run else None
+                    cells += ["" if run is None else getattr(run, name), "" if interval is None else interval.low,
+                              "" if interval is None else interval.high]
+                cells.append("" if run is None or run.train_speed is None else run.train_speed)
+                cells += ["" if entry.latency_ms(b) is None else entry.latency_ms(b) for b, _ in BACKENDS]
+                writer.writerow(cells)
+    payload = {"configs": [{"config": entry.label, "params": entry.params, "gflops": entry.gflops,
+                            "runs": [{"seed": run.seed, "map50": run.map50, "map": run.map,
+                                      "train_images_per_second": run.train_speed,
+                                      "bootstrap": {k: v.as_dict() for k, v in run.interval.items()}}
+                                     for run in entry.runs],
+                            "latency_rounds_s": entry.latency} for entry in entries],
+               "against_baseline": report, "verdicts": lines}
+    (save_dir / "compare.json").write_text(json.dumps(payload, indent=2, allow_nan=True))
+    (save_dir / "compare.md").write_text(table + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+    plot_comparison(entries, save_dir / "compare.png")
 
 
-def plot_comparison(rows: list[Row], path: Path) -> None:
-    """mAP50-95 against latency and against GFLOPs, one labelled point per config."""
+def plot_comparison(entries: list[Entry], path: Path) -> None:
+    """mAP50-95 against latency and against GFLOPs, with error bars (std over seeds, or the bootstrap interval)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4.5))
     FigureCanvasAgg(figure)
-    for axis, attribute, label in ((figure.add_subplot(1, 2, 1), "torch_ms", "latency ms (PyTorch, batch 1)"),
-                                   (figure.add_subplot(1, 2, 2), "gflops", "GFLOPs")):
-        for row in rows:
-            x, y = getattr(row, attribute), row.map if row.map is not None else 0.0
-            if x is None:
+    for axis, label in ((figure.add_subplot(1, 2, 1), "latency ms (PyTorch, batch 1)"),
+                        (figure.add_subplot(1, 2, 2), "GFLOPs")):
+        for entry in entries:
+            x = entry.latency_ms("torch") if label.startswith("latency") else entry.gflops
+            values = entry.metric("map")
+            if x is None or not values:
                 continue
-            axis.scatter([x], [y], s=40)
-            axis.annotate(row.config.replace(".yaml", ""), (x, y), textcoords="offset points", xytext=(5, 5),
+            y = float(np.mean(values))
+            if len(values) > 1:
+                error = [[np.std(values, ddof=1)], [np.std(values, ddof=1)]]
+            else:
+                interval: Interval = entry.runs[0].interval["map"]
+                error = [[y - interval.low], [interval.high - y]]
+            axis.errorbar([x], [y], yerr=error, fmt="o", capsize=4)
+            axis.annotate(entry.label.replace(".yaml", ""), (x, y), textcoords="offset points", xytext=(5, 5),
                           fontsize=8)
         axis.set_xlabel(label)
-        axis.set_ylabel("mAP50-95")
+        axis.set_ylabel("mAP50-95 (error bars: std over seeds or 95 % bootstrap)")
         axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
+# ---------------------------------------------------------------------------------------------- command line
+
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfgs", nargs="+", default=["yolov5n.yaml", "yolov5n-slimneck.yaml"],
-                        help="model YAMLs; the first is the baseline of the ratios")
+                        help="model YAMLs; the first is the baseline of the differences and ratios")
     parser.add_argument("--data", default="data/shapes.yaml")
     parser.add_argument("--hyp", default=str(DEFAULT_HYP))
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--imgsz", "--img", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
+                        help="train every config once per seed (2 or more measure training-to-training variation)")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
+                        help="resamples of the validation images for the within-run intervals")
     parser.add_argument("--device", default="")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--project", default=str(ROOT / "runs" / "compare"))
@@ -200,47 +341,68 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.weights and not options.no_train:
         parser.error("--weights is for --no-train comparisons")
+    if options.bootstrap < 10:
+        parser.error("--bootstrap needs at least 10 resamples")
     return options
 
 
-def run(options: argparse.Namespace) -> list[Row]:
+def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
+    """Train (or load) every config and validate every run."""
     from models.weights import load_model
 
-    save_dir = Path(options.project) / options.name
-    rows: list[Row] = []
+    entries: list[Entry] = []
     if options.no_train:
-        sources = options.weights or options.cfgs
-        for source in sources:
+        for source in options.weights or options.cfgs:
             if options.weights:
                 model, _ = load_model(source)
-                label = Path(source).name
+                entry = Entry(Path(source).name, model.eval())
+                map_values, stats = validate(Path(source), options)
+                entry.runs.append(SeedRun(None, map_values["map50"], map_values["map"], image_stats=stats))
             else:
-                model, label = DetectionModel(source), Path(source).name
-            rows.append(Row(label, model.eval()))
-    else:
-        for cfg in options.cfgs:
-            run_dir = save_dir / Path(cfg).stem
-            summary = train_one(cfg, options, run_dir)
-            metrics = validate(run_dir / "weights" / "best.pt", options)
-            model, _ = load_model(run_dir / "weights" / "best.pt")
-            rows.append(Row(Path(cfg).name, model, map50=metrics["map50"], map=metrics["map"],
-                            train_speed=summary.get("train_images_per_second")))
-    for row in rows:
-        row.params = count_parameters(row.model)
-        row.gflops = count_gflops(row.model, options.imgsz)
-        row.model = row.model.cpu().float().fuse().eval()
+                entry = Entry(Path(source).name, DetectionModel(source).eval())
+            entries.append(entry)
+        return entries
+    for cfg, folder in zip(options.cfgs, run_folders(options.cfgs)):
+        entry = None
+        for seed in options.seeds:
+            run_dir = save_dir / folder / f"seed{seed}"
+            summary = train_one(cfg, seed, options, run_dir)
+            map_values, stats = validate(run_dir / "weights" / "best.pt", options)
+            if entry is None:  # the first seed's weights stand for the config in size and latency
+                entry = Entry(Path(cfg).name, load_model(run_dir / "weights" / "best.pt")[0])
+            entry.runs.append(SeedRun(seed, map_values["map50"], map_values["map"],
+                                      summary.get("train_images_per_second"), stats))
+        entries.append(entry)
+    return entries
+
+
+def run(options: argparse.Namespace) -> list[Entry]:
+    save_dir = Path(options.project) / options.name
+    entries = collect(options, save_dir)
+    differences = {}
+    if entries[0].runs:
+        from engine.dataset import load_data_config
+
+        differences = add_bootstrap_intervals(entries, load_data_config(options.data)["nc"], options.bootstrap)
+    for entry in entries:
+        entry.params = count_parameters(entry.model)
+        entry.gflops = count_gflops(entry.model, options.imgsz)
+        entry.model = entry.model.cpu().float().fuse().eval()
     if options.threads:
         torch.set_num_threads(options.threads)
     with_onnx = not options.no_onnx and onnx_available()
     if not with_onnx and not options.no_onnx:
         logger.warning("onnx/onnxruntime not installed: no ONNX Runtime latency (pip install -r requirements-dev.txt)")
-    measure_latency(rows, options.imgsz, options.latency_runs, options.latency_warmup, with_onnx)
-    write_outputs(rows, save_dir)
-    logger.info("\n%s\n\nlatency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads, median of %d "
-                "interleaved runs. Saved %s",
-                format_table(rows), options.imgsz, options.imgsz, torch.get_num_threads(), options.latency_runs,
-                save_dir / "compare.md")
-    return rows
+    measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, with_onnx)
+    lines, report = verdicts(entries, differences)
+    table = format_table(entries)
+    write_outputs(entries, lines, report, save_dir, table)
+    seeds = f"{len(entries[0].runs)} seed(s) per config" if entries[0].runs else "no training"
+    logger.info("\n%s\n\n%s\n\n%s; mAP as mean ± std over seeds, or [95 %% bootstrap interval] for one seed. "
+                "Latency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads, median of %d interleaved runs. "
+                "Saved %s", table, "\n".join(lines), seeds, options.imgsz, options.imgsz, torch.get_num_threads(),
+                options.latency_runs, save_dir / "compare.md")
+    return entries
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,82 @@
+"""compare.py: seeds, the two kinds of interval, and verdicts that only speak when the interval excludes zero."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import compare
+from data.shapes import generate_dataset
+from models.weights import build_checkpoint, save_checkpoint
+from models.yolo import DetectionModel
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=4, image_size=256, seed=6) / "data.yaml"
+
+
+def common(data: Path, project: Path) -> list[str]:
+    return ["--data", str(data), "--imgsz", "64", "--batch-size", "4", "--workers", "0", "--latency-runs", "3",
+            "--latency-warmup", "1", "--bootstrap", "50", "--project", str(project), "--noplots", "--quiet",
+            "--no-onnx"]
+
+
+@pytest.mark.slow
+def test_a_config_against_itself_differs_by_exactly_zero(tiny_data, tmp_path):
+    assert compare.main(["--cfgs", "yolov5n.yaml", "yolov5n.yaml", "--seeds", "0", "1", "--epochs", "1",
+                         *common(tiny_data, tmp_path)]) == 0
+    report = json.loads((tmp_path / "exp" / "compare.json").read_text())
+    # both copies were trained, in their own folders
+    assert (tmp_path / "exp" / "yolov5n" / "seed1" / "done.json").is_file()
+    assert (tmp_path / "exp" / "yolov5n-2" / "seed1" / "done.json").is_file()
+    against = report["against_baseline"]["yolov5n.yaml"]
+    for name in ("map50", "map"):
+        assert against[name]["per_seed"] == [0.0, 0.0]
+        assert against[name]["between_seeds"]["low"] == against[name]["between_seeds"]["high"] == 0.0
+        assert all(interval["low"] == interval["high"] == 0.0 for interval in against[name]["within_run"])
+    assert "mAP50-95 +0.000 (95 % CI +0.000 .. +0.000, 2 seeds" in report["verdicts"][0]
+    assert "no significant difference" in report["verdicts"][0]
+    rows = (tmp_path / "exp" / "compare.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 and (tmp_path / "exp" / "compare.png").is_file()
+
+
+def test_given_weights_are_compared_with_bootstrap_intervals(tiny_data, tmp_path):
+    paths = []
+    for index, raise_objectness in enumerate((0.0, 4.0)):
+        torch.manual_seed(index)
+        model = DetectionModel("yolov5n.yaml", num_classes=6)
+        with torch.no_grad():
+            for conv in model.head.outputs:
+                conv.bias.view(model.head.num_anchors, -1)[:, 4] += raise_objectness
+        paths.append(tmp_path / f"model{index}.pt")
+        save_checkpoint(paths[-1], build_checkpoint(model))
+    assert compare.main(["--no-train", "--weights", *map(str, paths), *common(tiny_data, tmp_path)]) == 0
+    report = json.loads((tmp_path / "exp" / "compare.json").read_text())
+    runs = [config["runs"] for config in report["configs"]]
+    assert [len(r) for r in runs] == [1, 1]
+    bootstrap = runs[1][0]["bootstrap"]["map"]
+    assert bootstrap["low"] <= runs[1][0]["map"] <= bootstrap["high"] and bootstrap["samples"] == 50
+    assert "1 seed: training-to-training variation not measured" in report["verdicts"][0]
+
+
+def test_a_clearly_better_model_is_called_higher():
+    from test_stats import random_stats
+
+    from engine.stats import RankedDetections
+
+    rng = np.random.default_rng(4)
+    entries = []
+    for label, quality in (("weak", 0.15), ("strong", 0.9)):
+        stats = random_stats(rng, images=80, quality=quality)
+        map50, map_ = RankedDetections(stats, 3).map(np.ones(80, int))  # every image once: the reported mAP
+        entry = compare.Entry(label, model=None, params=1, gflops=1.0)
+        entry.runs.append(compare.SeedRun(0, map50, map_, image_stats=stats))
+        entries.append(entry)
+    differences = compare.add_bootstrap_intervals(entries, num_classes=3, resamples=200)
+    lines, report = compare.verdicts(entries, differences)
+    assert report["strong"]["map"]["within_run"][0]["low"] > 0
+    assert lines[0].startswith("strong vs weak: mAP50-95 +") and "): higher" in lines[0]

@@ -8,22 +8,16 @@ import pytest
 import torch
 
 import engine.trainer
-from data.shapes import generate_dataset
 from engine.guard import MAX_NON_FINITE_STEPS, NonFiniteGuard, NonFiniteTrainingError
 from engine.loss import YoloLoss
-from engine.trainer import Trainer, TrainOptions
+from engine.trainer import Trainer
+from test_train import options as train_options
+from test_train import tiny_data  # noqa: F401  (the fixture)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    folder = generate_dataset(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=2, image_size=256, seed=4)
-    return folder / "data.yaml"
-
-
-def options(data: Path, project: Path, **overrides) -> TrainOptions:
-    settings = dict(data=str(data), cfg="yolov5n.yaml", epochs=1, batch_size=2, imgsz=64, device="cpu", workers=0,
-                    project=str(project), name="run", seed=1, noplots=True, quiet=True, noautoanchor=True)
-    return TrainOptions(**{**settings, **overrides})
+def options(data: Path, project: Path, **overrides):
+    """test_train's tiny run: one epoch of 4 batches of 2 images."""
+    return train_options(data, project, **{"epochs": 1, "batch_size": 2, **overrides})
 
 
 class _NanGradient(torch.autograd.Function):

@@ -222,7 +222,7 @@ def verdicts(entries: list[Entry], differences: dict) -> tuple[list[str], dict]:
     lines, report = [], {}
     for entry in entries[1:]:
         parts, record = [], {}
-        for name, label in METRICS if entry.runs else ():
+        for name, _ in METRICS if entry.runs else ():
             per_seed = [run - base_run for run, base_run in zip(entry.metric(name), base.metric(name))]
             within = differences[entry.label][name]
             seeds = t_interval(per_seed)

@@ -438,14 +438,15 @@ class Trainer:
 
     def _seed_epoch(self, loader, epoch: int) -> None:
         """Derive every random stream of an epoch from (seed, epoch), so a resumed run replays the same epochs."""
-        seed = self.options.seed * 100_003 + epoch * 1_009 + max(self.rank, 0)
+        epoch_seed = self.options.seed * 100_003 + epoch * 1_009
+        seed = epoch_seed + max(self.rank, 0)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         if loader.generator is not None:
             loader.generator.manual_seed(seed)
         # rank-free: item i of epoch e is augmented alike whatever the world size or the number of workers
-        loader.dataset.set_augment_seed(self.options.seed * 100_003 + epoch * 1_009)
+        loader.dataset.set_augment_seed(epoch_seed)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
 

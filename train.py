@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from engine.cli import run_command
+from engine.precision import MEMORY_FORMATS, PRECISIONS
 from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 
 
@@ -42,6 +43,10 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
     parser.add_argument("--noval", action="store_true", help="validate only after the final epoch")
     parser.add_argument("--noplots", action="store_true", help="write no plots")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="training precision: auto = fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                        help="activation/weight layout in training: auto = channels_last on CPU, NCHW on GPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     return TrainOptions(**vars(args))

@@ -26,6 +26,7 @@ from engine.ema import ModelEMA
 from engine.guard import NonFiniteGuard
 from engine.loss import YoloLoss
 from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda
+from engine.precision import describe, resolve_memory_format, resolve_precision
 from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
 from models.errors import UsageError
@@ -68,6 +69,8 @@ class TrainOptions:
     noval: bool = False
     noplots: bool = False
     label_smoothing: float = 0.0
+    precision: str = "auto"  # stored resolved (fp32 / bf16 / fp16), so a resume keeps it
+    memory_format: str = "auto"  # stored resolved (channels_last / contiguous)
     quiet: bool = False
 
 
@@ -155,6 +158,9 @@ class Trainer:
             saved = self.resume_state["options"]
             saved.update(resume=str(checkpoint_path), exist_ok=True, device=options.device or saved.get("device", ""),
                          workers=options.workers)
+            for key in ("precision", "memory_format"):  # kept unless this command names one explicitly
+                if getattr(options, key) != "auto":
+                    saved[key] = getattr(options, key)
             options = TrainOptions(**{k: v for k, v in saved.items() if k in TrainOptions.__dataclass_fields__})
             options.name = Path(checkpoint_path).parent.parent.name
             options.project = str(Path(checkpoint_path).parent.parent.parent)
@@ -165,7 +171,12 @@ class Trainer:
         self.device = select_device(options.device)
         if self.world_size > 1:
             init_distributed(self.device)
-        self.amp = self.device.type == "cuda"
+        self.precision = resolve_precision(options.precision, self.device)
+        self.memory_format = resolve_memory_format(options.memory_format, self.device)
+        options.precision = self.precision.name
+        options.memory_format = "channels_last" if self.memory_format is torch.channels_last else "contiguous"
+        if self.is_main:
+            logger.info("Training with %s", describe(self.precision, self.memory_format))
         self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(options.hyp)
         self.hyp.setdefault("label_smoothing", options.label_smoothing)
         seed_everything(options.seed + 1 + max(self.rank, 0))
@@ -206,7 +217,7 @@ class Trainer:
             model = DetectionModel(options.cfg, num_classes=self.num_classes, names=self.names)
         else:
             raise UsageError("give --cfg (a model YAML) and/or --weights (a checkpoint)")
-        return model.to(self.device)
+        return model.to(self.device, memory_format=self.memory_format)
 
     def _freeze(self, freeze: list[int]) -> None:
         layers = list(range(freeze[0])) if len(freeze) == 1 else list(freeze)
@@ -287,7 +298,7 @@ class Trainer:
         state = TrainingState(
             optimizer=optimizer, schedule=schedule, scheduler=build_scheduler(optimizer, schedule),
             ema=ModelEMA(self.model) if self.is_main else None,
-            scaler=torch.amp.GradScaler("cuda", enabled=self.amp),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler),
             loss_fn=YoloLoss(self.model.head, hyp, image_size=self.imgsz), batches=batches,
             warmup_iterations=max(round(hyp["warmup_epochs"] * batches), 100), accumulate=accumulate)
         if self.resume_state:
@@ -340,7 +351,7 @@ class Trainer:
         bar = tqdm(enumerate(loader), total=state.batches, disable=not self.is_main or options.quiet,
                    bar_format="{l_bar}{bar:10}{r_bar}")
         for i, (images, targets, paths, _) in bar:
-            images = images.to(device, non_blocking=True).float() / 255
+            images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format).float() / 255
             loss_items = self._train_step(model, state, images, targets, paths, epoch, i)
             if torch.isfinite(loss_items).all():  # a skipped batch is reported by the guard, not averaged in
                 mean_loss = (mean_loss * finite_batches + loss_items) / (finite_batches + 1)
@@ -371,7 +382,7 @@ class Trainer:
             state.accumulate = max(1, int(np.interp(iteration, [0, state.warmup_iterations],
                                                     [1, NOMINAL_BATCH_SIZE / self.options.batch_size]).round()))
             apply_warmup(state.optimizer, iteration, state.warmup_iterations, epoch, state.schedule, self.hyp)
-        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+        with self.precision.autocast():
             predictions = model(images)
         loss, loss_items = state.loss_fn(predictions, targets.to(self.device))
         if self.world_size > 1:
@@ -451,7 +462,7 @@ class Trainer:
             loader.sampler.set_epoch(epoch)
 
     def _validate(self, model: nn.Module, loader, loss_fn):
-        return evaluate(model, loader, self.num_classes, self.names, self.device, half=self.amp, loss_fn=loss_fn,
+        return evaluate(model, loader, self.num_classes, self.names, self.device, loss_fn=loss_fn,
                         single_cls=self.options.single_cls, progress=not self.options.quiet)
 
     def _checkpoint(self, state: TrainingState, epoch: int, **extra) -> dict:

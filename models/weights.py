@@ -100,7 +100,7 @@ def _cpu_float_state(state: Mapping[str, torch.Tensor] | nn.Module, where: str) 
     for key, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{where}[{key!r}] is a {type(tensor).__name__}, not a tensor")
-        tensor = tensor.detach().cpu()
+        tensor = tensor.detach().cpu().contiguous()  # a channels_last training model saves in the NCHW layout
         result[key] = tensor.float() if tensor.is_floating_point() else tensor
     return result
 

@@ -26,6 +26,22 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
             .reshape(batch, channels, height, width))
 
 
+def shuffled_concat(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``channel_shuffle(torch.cat((first, second), 1), 2)`` in one copy that keeps the memory format.
+
+    On NCHW tensors it is exactly that concatenation and shuffle (the form ONNX export and the deploy rewrites
+    know). On channels_last tensors the two halves are interleaved along the innermost (channel) axis in one
+    stack: the output stays channels_last. (The NCHW shuffle's reshape returns an NCHW copy, and every
+    channels_last consumer downstream then converts it back, forward and backward; in channels_last training
+    that cost the slim-neck more than its FLOP savings.)
+    """
+    if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+        batch, channels, height, width = first.shape
+        stacked = torch.stack((first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)), dim=-1)
+        return stacked.view(batch, height, width, 2 * channels).permute(0, 3, 1, 2)
+    return channel_shuffle(torch.cat((first, second), 1), 2)
+
+
 def shuffle_permutation(channels: int, groups: int = 2) -> torch.Tensor:
     """The channel order ``channel_shuffle`` produces: output channel i reads input channel perm[i]."""
     return torch.arange(channels).view(groups, channels // groups).t().reshape(-1)
@@ -70,7 +86,8 @@ class GSConv(_GSConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_shuffle(self.halves(x), 2)
+        dense = self.primary(x)
+        return shuffled_concat(dense, self.cheap(dense))
 
 
 @register

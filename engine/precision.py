@@ -13,8 +13,8 @@ Autocast changes only the dtype of the activations inside the forward pass: the 
 EMA, validation and checkpoints stay fp32 (the loss runs in fp32 too, see ``engine.loss``). A CPU without native
 bf16 runs bf16 in emulation, several times slower than fp32 (measured: 8x on an AVX2 EPYC), so ``auto`` never
 picks it there and an explicit ``--precision bf16`` warns. channels_last (NHWC) was faster than NCHW for every
-model and precision measured on the CPUs here (benchmarks/README.md, "Training step time"); on CUDA
-``benchmarks/gpu_check.py`` times both layouts, and the default follows what it measures.
+model measured on the CPUs here (benchmarks/README.md, "Training step time"). On CUDA the layouts have not been
+timed yet, so ``auto`` keeps YOLOv5's NCHW there.
 """
 from __future__ import annotations
 
@@ -109,8 +109,12 @@ def resolve_memory_format(requested: str, device: torch.device) -> torch.memory_
     return torch.contiguous_format
 
 
+def memory_format_name(memory_format: torch.memory_format) -> str:
+    """The ``--memory-format`` value of a resolved memory format: 'channels_last' or 'contiguous'."""
+    return "channels_last" if memory_format is torch.channels_last else "contiguous"
+
+
 def describe(precision: Precision, memory_format: torch.memory_format) -> str:
     """One line for the training log, e.g. 'precision bf16 (autocast), memory format channels_last'."""
     how = {"fp32": "no autocast", "bf16": "autocast", "fp16": "autocast + GradScaler"}[precision.name]
-    layout = "channels_last" if memory_format is torch.channels_last else "contiguous (NCHW)"
-    return f"precision {precision.name} ({how}), memory format {layout}"
+    return f"precision {precision.name} ({how}), memory format {memory_format_name(memory_format)}"

@@ -26,7 +26,7 @@ from engine.ema import ModelEMA
 from engine.guard import NonFiniteGuard
 from engine.loss import YoloLoss
 from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda
-from engine.precision import describe, resolve_memory_format, resolve_precision
+from engine.precision import describe, memory_format_name, resolve_memory_format, resolve_precision
 from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
 from models.errors import UsageError
@@ -174,7 +174,7 @@ class Trainer:
         self.precision = resolve_precision(options.precision, self.device)
         self.memory_format = resolve_memory_format(options.memory_format, self.device)
         options.precision = self.precision.name
-        options.memory_format = "channels_last" if self.memory_format is torch.channels_last else "contiguous"
+        options.memory_format = memory_format_name(self.memory_format)
         if self.is_main:
             logger.info("Training with %s", describe(self.precision, self.memory_format))
         self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(options.hyp)

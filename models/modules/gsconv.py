@@ -69,9 +69,10 @@ class _GSConvBase(nn.Module):
     def input_convs(self) -> list[nn.Module]:
         return [self.primary]
 
-    def halves(self, x: torch.Tensor) -> torch.Tensor:
+    def halves(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dense half and the cheap (depth-wise) half computed from it."""
         dense = self.primary(x)
-        return torch.cat((dense, self.cheap(dense)), 1)
+        return dense, self.cheap(dense)
 
 
 @register
@@ -86,8 +87,7 @@ class GSConv(_GSConvBase):
         super().__init__(in_channels, out_channels, kernel_size, stride, groups, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense = self.primary(x)
-        return shuffled_concat(dense, self.cheap(dense))
+        return shuffled_concat(*self.halves(x))
 
 
 @register
@@ -106,7 +106,7 @@ class GSConvns(_GSConvBase):
         self.mix_act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mix_act(self.mix(self.halves(x)))
+        return self.mix_act(self.mix(torch.cat(self.halves(x), 1)))
 
 
 @register

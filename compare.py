@@ -1,14 +1,16 @@
 """Train and compare model configs side by side, and say how sure the comparison is.
 
-    python compare.py --cfgs yolov5n.yaml yolov5n-slimneck.yaml --data data/shapes.yaml --epochs 10 --seeds 0 1 2
+    python compare.py --cfgs yolov5n.yaml yolov5n-slimneck.yaml --data data/shapes.yaml --epochs 100 --seeds 0 1 2
     python compare.py --no-train --weights a.pt b.pt --data my.yaml --imgsz 640
     python compare.py --no-train --cfgs yolov5s.yaml yolov5s-slimneck.yaml --imgsz 640   # size and latency only
 
 Each config is trained once per seed with the same data, hyperparameters and epochs (the train.py engine; the seed
 changes initialisation, augmentation and data order), in ``runs/compare/<name>/<cfg>/seed<k>``; an interrupted
-comparison resumes and skips finished runs. Every best.pt is validated, and the first seed's models are timed side by
-side at batch 1 in their deploy form (PyTorch: fused + ``models.deploy.optimize_for_inference``, channels_last; ONNX
-Runtime on the graph export.py writes, when installed), interleaved round by round.
+comparison resumes and skips finished runs. A run is validated once, after its last epoch (``--noval``; last.pt is
+scored): picking the best epoch by validation mAP would select on the very images the comparison then scores. The
+first seed's models are timed side by side at batch 1 in their deploy form (PyTorch: fused +
+``models.deploy.optimize_for_inference``, channels_last; ONNX Runtime on the graph export.py writes, when installed),
+interleaved round by round.
 
 The table shows mAP as mean ± standard deviation over seeds (with one seed: the value and its bootstrap interval),
 and under it one verdict line per config against the baseline (the first): the mean paired difference over seeds
@@ -99,7 +101,7 @@ def train_one(cfg: str, seed: int, options: argparse.Namespace, run_dir: Path) -
     train_options = TrainOptions(
         data=options.data, cfg=cfg, hyp=options.hyp, epochs=options.epochs, batch_size=options.batch_size,
         imgsz=options.imgsz, device=options.device, workers=options.workers, project=str(run_dir.parent),
-        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noplots=options.noplots,
+        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noval=True, noplots=options.noplots,
         resume=str(last) if last.is_file() else False, quiet=options.quiet)
     summary = Trainer(train_options).run()
     done_file.write_text(json.dumps(summary, indent=2))
@@ -317,12 +319,12 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfgs", nargs="+", default=["yolov5n.yaml", "yolov5n-slimneck.yaml"],
                         help="model YAMLs; the first is the baseline of the differences and ratios")
-    parser.add_argument("--data", default="data/shapes.yaml")
+    parser.add_argument("--data", default="data/blocks.yaml")
     parser.add_argument("--hyp", default=str(DEFAULT_HYP))
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--imgsz", "--img", type=int, default=320)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
+    parser.add_argument("--epochs", type=int, default=45)
+    parser.add_argument("--imgsz", "--img", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0, 1],
                         help="train every config once per seed (2 or more measure training-to-training variation)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                         help="resamples of the validation images for the within-run intervals")
@@ -367,9 +369,10 @@ def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
         for seed in options.seeds:
             run_dir = save_dir / folder / f"seed{seed}"
             summary = train_one(cfg, seed, options, run_dir)
-            map_values, stats = validate(run_dir / "weights" / "best.pt", options)
+            final = run_dir / "weights" / "last.pt"  # the model after the last epoch (no selection on val)
+            map_values, stats = validate(final, options)
             if entry is None:  # the first seed's weights stand for the config in size and latency
-                entry = Entry(Path(cfg).name, load_model(run_dir / "weights" / "best.pt")[0])
+                entry = Entry(Path(cfg).name, load_model(final)[0])
             entry.runs.append(SeedRun(seed, map_values["map50"], map_values["map"],
                                       summary.get("train_images_per_second"), stats))
         entries.append(entry)

@@ -60,7 +60,8 @@ CACHE_MODES = ("ram", "disk")
 
 # Built-in dataset generators a dataset YAML may name with `generator:`. A fixed table: a YAML can
 # only pick one of these, never point at arbitrary code.
-BUILTIN_GENERATORS = {"shapes": ("data.shapes", "generate_dataset"),
+BUILTIN_GENERATORS = {"blocks": ("data.blocks", "generate_dataset"),
+                      "shapes": ("data.shapes", "generate_dataset"),
                       "photo_objects": ("data.photo_objects", "generate_dataset")}
 
 # Summary wording for each counter, in the order the summary line lists them.

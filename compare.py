@@ -101,7 +101,7 @@ def train_one(cfg: str, seed: int, options: argparse.Namespace, run_dir: Path) -
     train_options = TrainOptions(
         data=options.data, cfg=cfg, hyp=options.hyp, epochs=options.epochs, batch_size=options.batch_size,
         imgsz=options.imgsz, device=options.device, workers=options.workers, project=str(run_dir.parent),
-        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noval=True, noplots=options.noplots,
+        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noval=True, cache=options.cache, noplots=options.noplots,
         resume=str(last) if last.is_file() else False, quiet=options.quiet)
     summary = Trainer(train_options).run()
     done_file.write_text(json.dumps(summary, indent=2))
@@ -321,15 +321,18 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model YAMLs; the first is the baseline of the differences and ratios")
     parser.add_argument("--data", default="data/blocks.yaml")
     parser.add_argument("--hyp", default=str(DEFAULT_HYP))
-    parser.add_argument("--epochs", type=int, default=45)
-    parser.add_argument("--imgsz", "--img", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=70)
+    parser.add_argument("--imgsz", "--img", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0, 1],
                         help="train every config once per seed (2 or more measure training-to-training variation)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                         help="resamples of the validation images for the within-run intervals")
     parser.add_argument("--device", default="")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="dataloader workers per run (0: load in the training process, fastest on 2 cores)")
+    parser.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram", "disk"],
+                        help="cache decoded training images (as train.py --cache)")
     parser.add_argument("--project", default=str(ROOT / "runs" / "compare"))
     parser.add_argument("--name", default="exp", help="runs/compare/<name>; rerun with the same name to resume")
     parser.add_argument("--no-train", action="store_true", help="compare given --weights or bare configs only")

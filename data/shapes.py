@@ -150,12 +150,12 @@ def _draw_clutter(canvas: np.ndarray, rng: np.random.Generator, size: int) -> No
         cv2.fillPoly(canvas, [(outline * _SUBPIXEL).astype(np.int32)], color, cv2.LINE_8, _SUBPIXEL_BITS)
 
 
-def shape_mask(name: str, extent: float, rng: np.random.Generator) -> np.ndarray:
-    """A binary mask patch of the shape ``name`` (one of ``CLASS_NAMES``), ``extent`` px across before rotation,
-    centred in the patch."""
+def _shape_mask(class_id: int, extent: float, rng: np.random.Generator) -> np.ndarray:
+    """A binary mask patch of one shape ``extent`` px across (before rotation), centred in the patch."""
     patch = int(math.ceil(extent * 1.5)) + 4
     mask = np.zeros((patch, patch), np.uint8)
     center = np.array([patch / 2, patch / 2])
+    name = CLASS_NAMES[class_id]
     angle = rng.uniform(0, 360)
     if name in ("rectangle", "ellipse", "ring") and rng.random() < 0.6:
         # Mostly upright, as such objects usually are: gives elongated boxes, not only squarish ones.
@@ -208,7 +208,7 @@ def _place_object(canvas: np.ndarray, instance_map: np.ndarray, full_areas: list
     """
     class_id = int(rng.integers(0, len(CLASS_NAMES)))
     extent = float(np.exp(rng.uniform(math.log(MIN_OBJECT_SIZE), math.log(MAX_OBJECT_SIZE))))
-    mask = shape_mask(CLASS_NAMES[class_id], extent, rng) > 0
+    mask = _shape_mask(class_id, extent, rng) > 0
     patch = mask.shape[0]
     area = int(mask.sum())
     if area < 16:

@@ -108,6 +108,80 @@ def train_one(cfg: str, seed: int, options: argparse.Namespace, run_dir: Path) -
     return summary
 
 
+def parallel_devices(device: str) -> list[str]:
+    """The CUDA devices to train on side by side: ``--device 0,1,2,3`` gives four (one run per GPU at a time);
+    anything else (one device, ``cpu``, the default) gives one, and runs go one after the other."""
+    indices = [part.strip() for part in str(device).replace("cuda:", "").split(",") if part.strip()]
+    return indices if len(indices) > 1 and all(index.isdigit() for index in indices) else [device]
+
+
+def _train_in_child(cfg: str, seed: int, options: argparse.Namespace, run_dir: Path) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train_one(cfg, seed, options, run_dir)
+
+
+def train_on_device(job: tuple[str, int, Path], device: str, options: argparse.Namespace) -> dict:
+    """Train one (cfg, seed, run folder) job on ``device`` in a fresh process, so that concurrent runs share no
+    global state (seeds, CUDA context); the run's summary comes back through its done.json."""
+    import multiprocessing
+
+    cfg, seed, run_dir = job
+    if (run_dir / "done.json").is_file():
+        return train_one(cfg, seed, options, run_dir)  # finished earlier: nothing to start
+    child = multiprocessing.get_context("spawn").Process(
+        target=_train_in_child, args=(cfg, seed, argparse.Namespace(**{**vars(options), "device": device}), run_dir),
+        name=f"{Path(cfg).stem}-seed{seed}")
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"training {cfg} seed {seed} on device {device} failed (exit code {child.exitcode}); "
+                           f"its log is above, its run folder {run_dir}; rerun the command to resume")
+    return json.loads((run_dir / "done.json").read_text())
+
+
+def train_all(jobs: list[tuple[str, int, Path]], options: argparse.Namespace, run_job=None) -> list[dict]:
+    """Train every (cfg, seed, run folder) job and return their summaries in job order.
+
+    One device: in this process, one job after the other. Several (``parallel_devices``): one worker thread per
+    device takes the next job from a shared queue and trains it with ``run_job(job, device, options)``
+    (``train_on_device`` by default), so each device runs one job at a time and none waits while jobs remain.
+    The first failure is raised after the jobs already running have finished (finished jobs stay done).
+    """
+    import queue
+    import threading
+
+    devices = parallel_devices(options.device)
+    if len(devices) == 1:
+        return [train_one(cfg, seed, options, run_dir) for cfg, seed, run_dir in jobs]
+    run_job = run_job or train_on_device
+    pending: queue.Queue = queue.Queue()
+    for index, job in enumerate(jobs):
+        pending.put((index, job))
+    summaries: list = [None] * len(jobs)
+    failures: list[BaseException] = []
+
+    def worker(device: str) -> None:
+        while not failures:
+            try:
+                index, job = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                summaries[index] = run_job(job, device, options)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread below
+                failures.append(error)
+
+    logger.info("training %d runs on devices %s, one run per device at a time", len(jobs), ", ".join(devices))
+    threads = [threading.Thread(target=worker, args=(device,), name=f"device-{device}") for device in devices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return summaries
+
+
 def validate(weights: Path, options: argparse.Namespace) -> tuple[dict, list]:
     """mAP of ``weights`` on the --data validation set, and the per-image matches for the bootstrap."""
     from engine.dataloader import create_dataloader
@@ -328,7 +402,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train every config once per seed (2 or more measure training-to-training variation)")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES,
                         help="resamples of the validation images for the within-run intervals")
-    parser.add_argument("--device", default="")
+    parser.add_argument("--device", default="",
+                        help="cpu, or CUDA indices; several (0,1,2,3) train the runs side by side, one per GPU")
     parser.add_argument("--workers", type=int, default=2,
                         help="dataloader workers per run (0: load in the training process, fastest on 2 cores)")
     parser.add_argument("--cache", nargs="?", const="ram", default=None, choices=["ram", "disk"],
@@ -367,11 +442,12 @@ def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
                 entry = Entry(Path(source).name, DetectionModel(source).eval())
             entries.append(entry)
         return entries
-    for cfg, folder in zip(options.cfgs, run_folders(options.cfgs)):
+    jobs = [(cfg, seed, save_dir / folder / f"seed{seed}")
+            for cfg, folder in zip(options.cfgs, run_folders(options.cfgs)) for seed in options.seeds]
+    summaries = train_all(jobs, options)
+    for start in range(0, len(jobs), len(options.seeds)):
         entry = None
-        for seed in options.seeds:
-            run_dir = save_dir / folder / f"seed{seed}"
-            summary = train_one(cfg, seed, options, run_dir)
+        for (cfg, seed, run_dir), summary in zip(jobs[start:start + len(options.seeds)], summaries[start:]):
             final = run_dir / "weights" / "last.pt"  # the model after the last epoch (no selection on val)
             map_values, stats = validate(final, options)
             if entry is None:  # the first seed's weights stand for the config in size and latency

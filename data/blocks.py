@@ -2,8 +2,8 @@
 
 ``compare.py``'s question ("does the slim neck help?") needs models that have learned something, and a 2-core CPU
 trains a nano model on only some tens of thousands of images in the time a demo may take. This set is made for
-that: three classes (``CLASS_NAMES``) of filled, axis-aligned shapes (a rectangle, the ellipse inscribed in its
-box, an isosceles triangle with its base on any side of its box), one to ``MAX_OBJECTS`` per image, each
+that: three classes (``CLASS_NAMES``) of axis-aligned shapes (a filled rectangle, an elliptical ring inscribed in
+its box, an isosceles triangle with its base on any side of its box), one to ``MAX_OBJECTS`` per image, each
 ``MIN_EXTENT`` to ``MAX_EXTENT`` of the image side long and ``MIN_ASPECT`` to 1 as wide, their boxes never
 overlapping, in a colour that stands out from the blurred colour noise under it. Boxes are the tight boxes of
 the drawn pixels. It stays a detection task with several classes and boxes of varied size and aspect, and far
@@ -23,11 +23,12 @@ import numpy as np
 
 from data import synthetic
 
-CLASS_NAMES = ("rectangle", "ellipse", "triangle")
+CLASS_NAMES = ("rectangle", "ring", "triangle")
 MIN_EXTENT = 0.2  # object size as a fraction of the image side
 MAX_EXTENT = 0.45
 MIN_ASPECT = 0.5  # short side / long side
 MAX_OBJECTS = 8
+RING_HOLE = (0.45, 0.6)  # a ring's hole, as a fraction of its outer size
 _SUBPIXEL_BITS = 2  # OpenCV drawing "shift": coordinates carry 2 fractional bits
 _SUBPIXEL = 1 << _SUBPIXEL_BITS
 MIN_IMAGE_SIZE = 64
@@ -44,16 +45,20 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def block_mask(class_id: int, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """The boolean mask of one upright shape filling a ``height`` x ``width`` box: the box itself (rectangle), its
-    inscribed ellipse, or an isosceles triangle with its base on one of the box's sides (all four occur)."""
+    """The boolean mask of one upright shape filling a ``height`` x ``width`` box: the box itself (rectangle), the
+    ring between its inscribed ellipse and a smaller concentric one, or an isosceles triangle with its base on one of
+    the box's sides (all four occur)."""
     mask = np.zeros((height, width), np.uint8)
     name = CLASS_NAMES[class_id]
     if name == "rectangle":
         mask[:] = 1
-    elif name == "ellipse":
+    elif name == "ring":
         center = ((width - 1) * _SUBPIXEL // 2, (height - 1) * _SUBPIXEL // 2)
         axes = ((width - 1) * _SUBPIXEL // 2, (height - 1) * _SUBPIXEL // 2)
+        hole = rng.uniform(*RING_HOLE)
         cv2.ellipse(mask, center, axes, 0, 0, 360, 1, -1, cv2.LINE_8, _SUBPIXEL_BITS)
+        cv2.ellipse(mask, center, tuple(int(axis * hole) for axis in axes), 0, 0, 360, 0, -1, cv2.LINE_8,
+                    _SUBPIXEL_BITS)
     else:
         corners = np.array([[0, height - 1], [width - 1, height - 1], [(width - 1) / 2, 0]])  # base at the bottom
         side = int(rng.integers(0, 4))

@@ -80,3 +80,41 @@ def test_a_clearly_better_model_is_called_higher():
     lines, report = compare.verdicts(entries, differences)
     assert report["strong"]["map"]["within_run"][0]["low"] > 0
     assert lines[0].startswith("strong vs weak: mAP50-95 +") and "): higher" in lines[0]
+
+
+def test_parallel_devices_are_several_cuda_indices_only():
+    assert compare.parallel_devices("0,1,2,3") == ["0", "1", "2", "3"]
+    assert compare.parallel_devices("cuda:0,cuda:1") == ["0", "1"]
+    for single in ("", "cpu", "0", "mps"):
+        assert compare.parallel_devices(single) == [single]
+
+
+def test_runs_on_several_devices_go_one_per_device_at_a_time(tmp_path):
+    import threading
+    import time
+
+    lock, running, log = threading.Lock(), {}, []
+
+    def fake_run(job, device, options):
+        with lock:
+            assert device not in running, f"device {device} got a second run while busy"
+            running[device] = job
+            log.append((job[1], device))
+        time.sleep(0.02 * (1 + job[1] % 3))
+        with lock:
+            del running[device]
+        return {"seed": job[1], "device": device}
+
+    jobs = [("a.yaml", seed, tmp_path / f"seed{seed}") for seed in range(7)]
+    options = compare.parse_options(["--device", "0,1,2"])
+    summaries = compare.train_all(jobs, options, run_job=fake_run)
+    assert [summary["seed"] for summary in summaries] == list(range(7))  # in job order, whoever ran them
+    assert sorted(seed for seed, _ in log) == list(range(7)) and {device for _, device in log} == {"0", "1", "2"}
+
+    def failing_run(job, device, options):
+        if job[1] == 3:
+            raise RuntimeError("training a.yaml seed 3 failed")
+        return {"seed": job[1]}
+
+    with pytest.raises(RuntimeError, match="seed 3 failed"):
+        compare.train_all(jobs, options, run_job=failing_run)

@@ -395,7 +395,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model YAMLs; the first is the baseline of the differences and ratios")
     parser.add_argument("--data", default="data/blocks.yaml")
     parser.add_argument("--hyp", default=str(DEFAULT_HYP))
-    parser.add_argument("--epochs", type=int, default=70)
+    parser.add_argument("--epochs", type=int, default=90)
     parser.add_argument("--imgsz", "--img", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0, 1],

@@ -63,6 +63,43 @@ def test_given_weights_are_compared_with_bootstrap_intervals(tiny_data, tmp_path
     assert "1 seed: training-to-training variation not measured" in report["verdicts"][0]
 
 
+@pytest.mark.slow
+def test_trained_weights_against_untrained_are_called_higher(tmp_path):
+    """Real weights through --no-train --weights: 150 optimizer steps on 64 blocks images (augmentation and warm-up
+    off so that a few steps learn something), scored on those same images, against the untrained initialisation."""
+    import yaml
+
+    from data.blocks import generate_dataset as generate_blocks
+    from engine.trainer import DEFAULT_HYP, Trainer, TrainOptions
+
+    root = generate_blocks(tmp_path / "blocks", num_train=64, num_val=1, seed=2)
+    data = root / "overfit.yaml"
+    data.write_text((root / "data.yaml").read_text().replace("val: images/val", "val: images/train"))
+    hyp = yaml.safe_load(DEFAULT_HYP.read_text())
+    hyp.update(lr0=0.02, warmup_epochs=0, mosaic=0.0, scale=0.0, translate=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0,
+               hsv_v=0.0)
+    (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(hyp))
+    torch.manual_seed(0)
+    untrained = tmp_path / "untrained.pt"
+    save_checkpoint(untrained, build_checkpoint(DetectionModel("yolov5n.yaml", num_classes=3)))
+    Trainer(TrainOptions(data=str(data), cfg="yolov5n.yaml", hyp=str(tmp_path / "hyp.yaml"), epochs=150,
+                         batch_size=64, imgsz=96, workers=0, cache="ram", project=str(tmp_path), name="trained",
+                         noval=True, noplots=True, quiet=True, seed=0)).run()
+    trained = tmp_path / "trained" / "weights" / "last.pt"
+    options = ["--data", str(data), "--imgsz", "96", "--batch-size", "16", "--workers", "0", "--latency-runs", "2",
+               "--latency-warmup", "1", "--bootstrap", "200", "--project", str(tmp_path / "compare"), "--quiet",
+               "--no-onnx"]
+    assert compare.main(["--no-train", "--weights", str(untrained), str(trained), *options]) == 0
+    report = json.loads((tmp_path / "compare" / "exp" / "compare.json").read_text())
+    trained_run = report["configs"][1]["runs"][0]
+    assert trained_run["map50"] > 0.05 and report["configs"][0]["runs"][0]["map50"] < 0.01
+    difference = report["against_baseline"]["last.pt"]["map"]["within_run"][0]
+    assert difference["low"] > 0, difference
+    assert report["verdicts"][0].startswith("last.pt vs untrained.pt: mAP50-95 +")
+    assert "1 seed: training-to-training variation not measured" in report["verdicts"][0]
+    assert "): higher" in report["verdicts"][0]
+
+
 def test_a_clearly_better_model_is_called_higher():
     from test_stats import random_stats
 

@@ -35,6 +35,7 @@ from models.yolo import DetectionModel
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
+INPUT_BOUND_FRACTION = 0.2  # an epoch that waits longer than this share of its time for data is input-bound
 RESULT_COLUMNS = ["epoch", "train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision",
                   "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95", "val/box_loss", "val/obj_loss",
                   "val/cls_loss", "x/lr0", "x/lr1", "x/lr2"]
@@ -95,6 +96,8 @@ class TrainingState:
     last_step: int = -1
     images_seen: int = 0
     train_seconds: float = 0.0
+    input_seconds: float = 0.0  # of train_seconds, the time spent waiting for the loader's batches
+    input_bound_reported: bool = False
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -274,7 +277,7 @@ class Trainer:
                 dist.destroy_process_group()
         if not self.is_main:
             return {}
-        return self._finish(val_loader, state.loss_fn, epochs_run, state.train_seconds, state.images_seen)
+        return self._finish(val_loader, state, epochs_run)
 
     def _prepare_anchors(self, train_set) -> None:
         if self.is_main and not self.options.noplots and not self.resume_state:
@@ -346,11 +349,14 @@ class Trainer:
         model.train()
         self._seed_epoch(loader, epoch)
         state.guard.start_epoch(epoch)
-        mean_loss, finite_batches = torch.zeros(3, device=device), 0
+        mean_loss, finite_batches, input_seconds = torch.zeros(3, device=device), 0, 0.0
         state.optimizer.zero_grad()
         bar = tqdm(enumerate(loader), total=state.batches, disable=not self.is_main or options.quiet,
                    bar_format="{l_bar}{bar:10}{r_bar}")
+        ready = time.perf_counter()
         for i, (images, targets, paths, _) in bar:
+            if i > 0:  # the first batch's wait is the workers' start-up, not their pace
+                input_seconds += time.perf_counter() - ready
             images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format).float() / 255
             loss_items = self._train_step(model, state, images, targets, paths, epoch, i)
             if torch.isfinite(loss_items).all():  # a skipped batch is reported by the guard, not averaged in
@@ -364,10 +370,26 @@ class Trainer:
                 if epoch == state.start_epoch and i < 3 and not options.noplots:
                     from engine.visualize import plot_batch
                     plot_batch(images, targets, paths, self.save_dir / f"train_batch{i}.jpg", self.names)
+            ready = time.perf_counter()
         learning_rates = [group["lr"] for group in state.optimizer.param_groups]
         state.scheduler.step()
-        state.train_seconds += time.perf_counter() - epoch_start
+        epoch_seconds = time.perf_counter() - epoch_start
+        state.train_seconds += epoch_seconds
+        state.input_seconds += input_seconds
+        self._report_input_bound(state, epoch, input_seconds / max(epoch_seconds, 1e-9), loader.num_workers)
         return mean_loss.tolist(), learning_rates
+
+    def _report_input_bound(self, state: TrainingState, epoch: int, waiting: float, workers: int) -> None:
+        """Say once per run when the training steps waited for data for more than ``INPUT_BOUND_FRACTION`` of an
+        epoch: the images/s then measure the data pipeline, not the model."""
+        if waiting <= INPUT_BOUND_FRACTION or state.input_bound_reported or not self.is_main:
+            return
+        state.input_bound_reported = True
+        where = ("batches are made in the training process (--workers 0)" if workers == 0
+                 else f"{workers} loader worker(s) on {os.cpu_count()} CPU(s)")
+        logger.warning("Input-bound: epoch %d waited for training batches %.0f %% of its time (%s). Where CPUs are "
+                       "free, more --workers help; --cache ram skips the image decoding.", epoch + 1, 100 * waiting,
+                       where)
 
     def _train_step(self, model: nn.Module, state: TrainingState, images: torch.Tensor, targets: torch.Tensor,
                     paths: tuple, epoch: int, batch: int) -> torch.Tensor:
@@ -493,7 +515,7 @@ class Trainer:
                 writer.writerow(RESULT_COLUMNS)
             writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
 
-    def _finish(self, val_loader, loss_fn, epochs_run: int, train_seconds: float, images_seen: int) -> dict:
+    def _finish(self, val_loader, state: TrainingState, epochs_run: int) -> dict:
         from models.weights import load_model
 
         best = self.weights_dir / "best.pt"
@@ -507,12 +529,14 @@ class Trainer:
             from engine.metric_plots import plot_results_csv
             plot_results_csv(self.save_dir / "results.csv")
         self._strip_checkpoints()
-        speed = images_seen / max(train_seconds, 1e-9)
+        train_seconds = state.train_seconds
+        speed = state.images_seen / max(train_seconds, 1e-9)
         logger.info("%d epochs completed in %.3f hours (%.1f train images/s).\n%s", epochs_run, train_seconds / 3600,
                     speed, result.table)
         logger.info("Results saved to %s; weights: %s and %s", self.save_dir, best, self.weights_dir / "last.pt")
         return {**{k: v for k, v in result.metrics.items() if k != "per_class"}, "save_dir": str(self.save_dir),
-                "train_images_per_second": speed, "train_seconds": train_seconds, "epochs_run": epochs_run}
+                "train_images_per_second": speed, "train_seconds": train_seconds, "epochs_run": epochs_run,
+                "input_wait_fraction": state.input_seconds / max(train_seconds, 1e-9)}
 
 
     def _strip_checkpoints(self) -> None:

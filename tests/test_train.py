@@ -160,3 +160,22 @@ def test_lr_schedule_has_yolov5_timing():
     # lf(e) = (1 - e / 10) * 0.99 + 0.01: 1, 1, 0.901, ..., lf(8) = 0.208 in the last epoch
     expected = [0.01, 0.01, 0.00901, 0.00802, 0.00703, 0.00604, 0.00505, 0.00406, 0.00307, 0.00208]
     assert per_epoch == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_trainer_waiting_for_data_says_it_is_input_bound(tiny_data, tmp_path, monkeypatch, caplog):
+    import time
+
+    from engine.dataset import YoloDataset
+
+    load = YoloDataset.__getitem__
+
+    def slow_load(self, index):
+        time.sleep(0.1)  # far slower than a yolov5n step on 4 images of 64 px
+        return load(self, index)
+
+    monkeypatch.setattr(YoloDataset, "__getitem__", slow_load)
+    with caplog.at_level("WARNING", logger="engine.trainer"):
+        summary = Trainer(options(tiny_data, tmp_path, noval=True)).run()
+    messages = [record.getMessage() for record in caplog.records if "Input-bound" in record.getMessage()]
+    assert len(messages) == 1 and "(--workers 0)" in messages[0]  # said once per run, not every epoch
+    assert summary["input_wait_fraction"] > 0.2

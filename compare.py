@@ -101,7 +101,8 @@ def train_one(cfg: str, seed: int, options: argparse.Namespace, run_dir: Path) -
     train_options = TrainOptions(
         data=options.data, cfg=cfg, hyp=options.hyp, epochs=options.epochs, batch_size=options.batch_size,
         imgsz=options.imgsz, device=options.device, workers=options.workers, project=str(run_dir.parent),
-        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noval=True, cache=options.cache, noplots=options.noplots,
+        name=run_dir.name, exist_ok=True, seed=seed, patience=0, noval=True, cache=options.cache,
+        noplots=options.noplots,
         resume=str(last) if last.is_file() else False, quiet=options.quiet)
     summary = Trainer(train_options).run()
     done_file.write_text(json.dumps(summary, indent=2))

@@ -4,13 +4,16 @@
         [--cfg yolov5n.yaml] [--data data/shapes.yaml] [--peer ../shared/peer/yolov5.sh] [--out runs/parity]
     python -m benchmarks.train_parity --summary runs/parity-seed0 runs/parity-seed1 ...   # mAP over seeds
 
-Both engines train from scratch with hyp.scratch-low and validate after every epoch (the packaged peer crashes
-with --noval). The upstream peer runs offline from its own venv (../shared/peer/README.md); it is never a dependency
-of this project. Reported per engine: train images/second (images seen / wall time of the whole training command,
-start-up and per-epoch validation included for both engines alike), the engine's own mAP50 and mAP50-95 of its
-best.pt, mAP50-95 of its own predictions (conf 0.001, IoU 0.6, max 300) scored by one COCO evaluator (pycocotools)
-against the same ground truth, and the mean training losses of a few epochs side by side (both engines log the
-same three YOLOv5 loss terms). Prints the tables and the ratios ours / upstream. Needs an otherwise idle machine.
+Our engine trains twice, with its defaults (``--precision auto --memory-format auto``: bf16 autocast where the CPU
+has native bf16, channels_last on CPU) and as plain fp32 NCHW (``--precision fp32 --memory-format contiguous``), so
+the table shows what the defaults buy. Both engines train from scratch with hyp.scratch-low and validate after every
+epoch (the packaged peer crashes with --noval). The upstream peer runs offline from its own venv
+(../shared/peer/README.md); it is never a dependency of this project. Reported per engine: train images/second
+(images seen / wall time of the whole training command, start-up and per-epoch validation included for both engines
+alike), the engine's own mAP50 and mAP50-95 of its best.pt, mAP50-95 of its own predictions (conf 0.001, IoU 0.6,
+max 300) scored by one COCO evaluator (pycocotools) against the same ground truth, and the mean training losses of a
+few epochs side by side (both engines log the same three YOLOv5 loss terms). Prints the tables and the ratios ours /
+upstream. Needs an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("parity")
+# Our engine's runs: (folder name, label, train.py flags). "ours" is the default the other scripts compare against.
+OUR_VARIANTS = (("ours", "slimneck-yolo (defaults)", []),
+                ("ours-fp32", "slimneck-yolo fp32 NCHW", ["--precision", "fp32", "--memory-format", "contiguous"]))
 
 
 def run(command: list[str], log_file: Path, cwd: Path = ROOT) -> tuple[float, str]:
@@ -170,13 +176,13 @@ def main(argv: list[str] | None = None) -> int:
               "--seed", str(options.seed), "--workers", str(options.workers), "--device", "cpu", "--exist-ok"]
     results = {}
 
-    ours_dir = out / "ours"
-    seconds = train([] if options.skip_ours else
-                    [sys.executable, "train.py", "--cfg", options.cfg, "--data", options.data, "--project", str(out),
-                     "--name", "ours", "--quiet", *common], out, "ours")
-    predictions, metrics = our_predictions(ours_dir / "weights" / "best.pt", data, options.imgsz, 32)
-    results["ours"] = {"seconds": seconds, "map50": metrics["map50"], "map": metrics["map"],
-                       "coco": coco_score(data["val"], predictions, data)["map"]}
+    for name, _, flags in OUR_VARIANTS:
+        seconds = train([] if options.skip_ours else
+                        [sys.executable, "train.py", "--cfg", options.cfg, "--data", options.data, "--project",
+                         str(out), "--name", name, "--quiet", *flags, *common], out, name)
+        predictions, metrics = our_predictions(out / name / "weights" / "best.pt", data, options.imgsz, 32)
+        results[name] = {"seconds": seconds, "map50": metrics["map50"], "map": metrics["map"],
+                         "coco": coco_score(data["val"], predictions, data)["map"]}
 
     peer_dir = out / "peer"
     peer_data = out / "peer_data.yaml"
@@ -208,18 +214,20 @@ def main(argv: list[str] | None = None) -> int:
                         f"seed {options.seed}, {len(data['train'])} train / {len(data['val'])} val images, CPU")
     lines = [results["setup"],
              "| engine | train img/s | mAP50 (own) | mAP50-95 (own) | mAP50-95 (pycocotools) |", "|---|---|---|---|---|"]
-    for name, label in (("ours", "slimneck-yolo"), ("peer", "upstream YOLOv5 7.0")):
+    engines = [(name, label) for name, label, _ in OUR_VARIANTS] + [("peer", "upstream YOLOv5 7.0")]
+    for name, label in engines:
         r = results[name]
         r["images_per_second"] = images / r["seconds"] if r["seconds"] else None
         speed = f"{r['images_per_second']:.1f}" if r["seconds"] else "-"
         lines.append(f"| {label} | {speed} | {r['map50']:.4f} | {r['map']:.4f} | {r['coco']:.4f} |")
-    ours, peer = results["ours"], results["peer"]
-    speed_ratio = (f"{ours['images_per_second'] / peer['images_per_second']:.3f}"
-                   if ours["seconds"] and peer["seconds"] else "-")
-    lines.append(f"| ours / upstream | {speed_ratio} | "
-                 f"{ours['map50'] / max(peer['map50'], 1e-9):.3f} | {ours['map'] / max(peer['map'], 1e-9):.3f} | "
-                 f"{ours['coco'] / max(peer['coco'], 1e-9):.3f} |")
-    ours_losses, peer_losses = train_losses(ours_dir / "results.csv"), train_losses(peer_dir / "results.csv")
+    peer = results["peer"]
+    for name, label, _ in OUR_VARIANTS:
+        ours = results[name]
+        speed_ratio = (f"{ours['images_per_second'] / peer['images_per_second']:.3f}"
+                       if ours["seconds"] and peer["seconds"] else "-")
+        lines.append(f"| {label} / upstream | {speed_ratio} | {ours['map50'] / max(peer['map50'], 1e-9):.3f} | "
+                     f"{ours['map'] / max(peer['map'], 1e-9):.3f} | {ours['coco'] / max(peer['coco'], 1e-9):.3f} |")
+    ours_losses, peer_losses = train_losses(out / "ours" / "results.csv"), train_losses(peer_dir / "results.csv")
     lines += ["", "mean training loss per epoch (box / obj / cls)", "| epoch | slimneck-yolo | upstream YOLOv5 7.0 |",
               "|---|---|---|"]
     shown = sorted({0, 1, 2} | set(range(4, options.epochs, 5)) | {options.epochs - 1})

@@ -104,14 +104,7 @@ def render_with_map(rng: np.random.Generator,
             continue
         pixels = canvas[top:top + height, left:left + width]
         under = pixels[mask].mean(0)
-        color = rng.uniform(0, 255, 3).astype(np.float32)
-        for _ in range(20):
-            if np.linalg.norm(color - under) >= MIN_CONTRAST:
-                break
-            color = rng.uniform(0, 255, 3).astype(np.float32)
-        else:
-            color = np.where(under > 127, 20.0, 235.0).astype(np.float32)
-        pixels[mask] = color
+        pixels[mask] = synthetic.contrasting_color(rng, under, MIN_CONTRAST, tries=20, dark=20.0, bright=235.0)
         classes.append(class_id)
         occupied[top:top + height, left:left + width][mask] = len(classes)
         boxed[top:top + height, left:left + width] = True

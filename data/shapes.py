@@ -225,13 +225,7 @@ def _place_object(canvas: np.ndarray, instance_map: np.ndarray, full_areas: list
 
     pixels = canvas[top:top + patch, left:left + patch]
     under = pixels[mask].mean(0)
-    color = _random_color(rng)
-    for _ in range(10):
-        if np.linalg.norm(color - under) >= 80:
-            break
-        color = _random_color(rng)
-    else:
-        color = np.where(under > 127, 30.0, 225.0).astype(np.float32)
+    color = synthetic.contrasting_color(rng, under, min_distance=80, tries=10, dark=30.0, bright=225.0)
 
     style = rng.integers(0, 3)
     fill = np.broadcast_to(color, pixels.shape).copy()

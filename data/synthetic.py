@@ -25,6 +25,19 @@ SPLIT_CODES = {"train": 0, "val": 1}
 Renderer = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+def contrasting_color(rng: np.random.Generator, under: np.ndarray, min_distance: float, tries: int, dark: float,
+                      bright: float) -> np.ndarray:
+    """A random BGR colour (float32) at least ``min_distance`` (Euclidean) from ``under``, the mean colour it is
+    drawn over: up to ``tries`` draws are checked; failing that, ``dark`` where ``under`` is bright and ``bright``
+    where it is dark, per channel."""
+    color = rng.uniform(0, 255, 3).astype(np.float32)
+    for _ in range(tries):
+        if np.linalg.norm(color - under) >= min_distance:
+            return color
+        color = rng.uniform(0, 255, 3).astype(np.float32)
+    return np.where(under > 127, dark, bright).astype(np.float32)
+
+
 def write_sample(image: np.ndarray, classes: np.ndarray, boxes: np.ndarray, image_path: Path, label_path: Path,
                  jpeg_quality: int) -> None:
     """Write one image as a JPEG and its YOLO label file (``class cx cy w h``, normalised, 6 decimals)."""

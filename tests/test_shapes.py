@@ -11,18 +11,13 @@ import pytest
 import data.shapes
 from data.shapes import CLASS_NAMES, MIN_VISIBLE_FRACTION, generate_dataset, main, render_sample
 from engine.dataset import DatasetError, YoloDataset, load_data_config
+from generated_data import assert_deterministic, file_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def file_bytes(root: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
-
-
 def test_generator_is_deterministic(tmp_path):
-    first = file_bytes(generate_dataset(tmp_path / "one", num_train=4, num_val=2, seed=3))
-    second = file_bytes(generate_dataset(tmp_path / "two", num_train=4, num_val=2, seed=3))
-    assert len(first) == 4 * 2 + 2 * 2 + 1 and first == second
+    first = assert_deterministic(generate_dataset, tmp_path, num_train=4, num_val=2, seed=3)
     other = file_bytes(generate_dataset(tmp_path / "three", num_train=4, num_val=2, seed=4))
     assert other["images/train/train_00000.jpg"] != first["images/train/train_00000.jpg"]
     # A split does not depend on the size of the other split.

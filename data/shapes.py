@@ -1,4 +1,4 @@
-"""The built-in demo dataset: synthetic shapes on cluttered backgrounds, in YOLO format.
+"""A harder generated dataset: synthetic shapes on cluttered backgrounds, in YOLO format (tests, benchmarks).
 
 Six classes (``CLASS_NAMES``) of filled shapes, 12 to 160 px across, rotated, stretched and shaded,
 drawn over gradient/noise/stripe backgrounds with distractor lines, curves and blobs, partly hiding

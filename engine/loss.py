@@ -47,7 +47,8 @@ class LevelTargets:
     """The positive samples assigned to one output level.
 
     Every field has one row per positive sample (n rows). ``boxes`` holds the box centre as an offset from
-    the assigned cell's top-left corner (range -0.5 to 1.5, the range the decoded xy can reach) and the box
+    the assigned cell's top-left corner (-0.5 to 1.5, the range the decoded xy can reach, for YOLOv5's
+    assignment; OTA may give a cell a target whose centre lies further away) and the box
     width/height in grid units; ``anchors`` is the matched anchor's width/height in grid units.
     """
 
@@ -287,6 +288,11 @@ class YoloLoss:
                     f"got {shape}"
                 )
 
+    def assign(self, predictions: Sequence[torch.Tensor], targets: torch.Tensor) -> list[LevelTargets]:
+        """The positive samples of each level: YOLOv5's anchor-ratio and neighbour-cell rule (``build_targets``).
+        A subclass with another assignment overrides this; the loss terms on the positives stay the same."""
+        return build_targets(self.head, predictions, targets, self.anchor_t)
+
     def __call__(
         self, predictions: Sequence[torch.Tensor], targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,7 +319,7 @@ class YoloLoss:
         batch_size = predictions[0].shape[0]
         # Autocast off: the log-sigmoid and atan terms lose too much in half precision.
         with torch.autocast(device_type=device.type, enabled=False):
-            assigned = build_targets(self.head, predictions, targets, self.anchor_t)
+            assigned = self.assign(predictions, targets)
             box_loss = torch.zeros((), device=device)
             obj_loss = torch.zeros((), device=device)
             cls_loss = torch.zeros((), device=device)
@@ -347,3 +353,172 @@ class YoloLoss:
             cls_loss = cls_loss * self.cls_gain
             total = (box_loss + obj_loss + cls_loss) * batch_size
         return total, torch.stack((box_loss, obj_loss, cls_loss)).detach()
+
+
+# ---------------------------------------------------------------------------------------------- OTA (YOLOv7)
+OTA_TOP_IOUS = 10  # a target's dynamic k is the sum of its best this-many candidate IoUs (at least 1)
+OTA_IOU_COST_WEIGHT = 3.0
+OTA_IOU_COST_EPS = 1e-8  # IoU cost = -log(IoU + eps)
+
+
+def _pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair of corner boxes: (B, T, 4) x (B, C, 4) -> (B, T, C); intersection over
+    area1 + area2 - intersection, no epsilon (the formula of ``torchvision.ops.box_iou``, per image)."""
+    low = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    high = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    intersection = (high - low).clamp(min=0).prod(-1)
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).prod(-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).prod(-1)
+    return intersection / (area1[:, :, None] + area2[:, None, :] - intersection)
+
+
+def ota_cost(predicted_boxes: torch.Tensor, predicted_logits: torch.Tensor, target_boxes: torch.Tensor,
+             target_classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU and matching cost of every (target, candidate) pair of each image.
+
+    ``predicted_boxes`` (B, C, 4) and ``target_boxes`` (B, T, 4) are corner boxes in pixels;
+    ``predicted_logits`` (B, C, 1 + nc) the candidates' raw objectness and class logits; ``target_classes``
+    (B, T) long. Returns (iou, cost), both (B, T, C), with
+    cost = class cost + 3 * -log(IoU + 1e-8). The class cost is the binary cross-entropy, summed over the
+    classes, of logit(sqrt(sigmoid(class) * sigmoid(objectness))) against the target's one-hot class; it is
+    computed as sum_c softplus(x_c) - x_target, which equals that sum, without a (T, C, nc) tensor.
+    """
+    iou = _pairwise_iou(target_boxes, predicted_boxes)
+    score = (predicted_logits[..., 1:].sigmoid() * predicted_logits[..., :1].sigmoid()).sqrt()
+    logit = torch.log(score) - torch.log1p(-score)  # (B, C, nc)
+    every_class = F.softplus(logit).sum(-1)  # (B, C)
+    index = target_classes[:, None, :].expand(-1, logit.shape[1], -1)  # (B, C, T)
+    true_class = logit.gather(2, index).transpose(1, 2)  # (B, T, C)
+    class_cost = every_class[:, None, :] - true_class
+    return iou, class_cost + OTA_IOU_COST_WEIGHT * -torch.log(iou + OTA_IOU_COST_EPS)
+
+
+def ota_match(iou: torch.Tensor, cost: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """YOLOv7's simOTA matching of each image's targets (rows) to its candidates (columns).
+
+    ``valid`` (B, T, C) marks the real (target, candidate) pairs of the padded batch. Each target gets a
+    dynamic k = max(1, int(sum of its top-min(10, candidates) IoUs)) and takes its k lowest-cost candidates; a
+    candidate taken by several targets goes to the target of lowest cost for it (over all the image's targets).
+    Equal costs (the same prediction is a candidate of two targets, so its column appears twice) go to the
+    earlier column: a stable sort, where upstream's ``topk`` leaves the order of ties unspecified.
+    Returns (matched, target_slot), both (B, C): whether the candidate is a positive, and its target's row.
+    """
+    cost = cost.masked_fill(~valid, math.inf)
+    iou = iou.masked_fill(~valid, 0.0)
+    top = min(OTA_TOP_IOUS, iou.shape[2])
+    dynamic_k = iou.topk(top, dim=2).values.sum(2).int().clamp(min=1)  # (B, T)
+    lowest_cost, lowest = (part[..., :top] for part in cost.sort(dim=2, stable=True))  # (B, T, top)
+    rank = torch.arange(top, device=cost.device)
+    taken = (rank < dynamic_k[..., None]) & torch.isfinite(lowest_cost)
+    matching = torch.zeros_like(valid)
+    matching.scatter_(2, lowest, taken)  # rows whose picks are all masked scatter False only
+    claimed = matching.sum(1)  # (B, C): how many targets took each candidate
+    best_target = cost.argmin(1)  # (B, C)
+    contested = claimed > 1
+    one_hot = F.one_hot(best_target, cost.shape[1]).transpose(1, 2).bool()  # (B, T, C)
+    matching = torch.where(contested[:, None, :], one_hot, matching)
+    return matching.any(1), matching.to(torch.uint8).argmax(1)
+
+
+def _slots(image_index: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+    """Each row's position among the rows of its image (in row order), and the most rows of one image."""
+    counts = torch.bincount(image_index, minlength=batch_size)
+    order = torch.argsort(image_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(image_index)
+    slot[order] = torch.arange(len(image_index), device=image_index.device) - starts[image_index[order]]
+    return slot, int(counts.max()) if len(counts) else 0
+
+
+def ota_assign(head: Any, predictions: Sequence[torch.Tensor], targets: torch.Tensor,
+               anchor_t: float = 4.0) -> list[LevelTargets]:
+    """YOLOv7's OTA assignment (``ComputeLossOTA``): the positives of each level.
+
+    The candidates are YOLOv5's positives (``build_targets``: anchor-ratio rule, the box's cell and its two
+    nearer neighbours, on every level), pooled per image over all levels. Every target of an image may then
+    take any of that image's candidates: the candidates' predicted boxes are decoded to pixels, costed against
+    the targets (``ota_cost``) and matched (``ota_match``). The images are processed together, padded to the
+    largest number of targets and candidates of one image. Runs without gradients: only the choice of the
+    positives comes from here; the loss is computed on them as for YOLOv5.
+    """
+    candidates = build_targets(head, predictions, targets, anchor_t)
+    device = predictions[0].device
+    counts = [len(level) for level in candidates]
+    if sum(counts) == 0:
+        return candidates
+    with torch.no_grad():
+        targets = targets.detach().to(device=device, dtype=torch.float32)
+        batch_size = predictions[0].shape[0]
+        strides = head.stride.to(device=device, dtype=torch.float32)
+        image_height = predictions[0].shape[2] * strides[0]
+        image_width = predictions[0].shape[3] * strides[0]
+        level = torch.cat([torch.full((n,), index, device=device) for index, n in enumerate(counts)])
+        image = torch.cat([c.image_index for c in candidates]).to(device)
+        cells = torch.cat([torch.stack((c.grid_x, c.grid_y), 1) for c in candidates]).to(device).float()
+        anchors = torch.cat([c.anchors for c in candidates]).to(device)
+        rows = torch.cat([prediction[tuple(i.to(device) for i in c.indices)].detach().float()
+                          for prediction, c in zip(predictions, candidates)])
+        stride = strides[level][:, None]
+        centre = (rows[:, :2].sigmoid() * 2.0 - 0.5 + cells) * stride
+        size = (rows[:, 2:4].sigmoid() * 2.0) ** 2 * anchors * stride
+        predicted = torch.cat((centre - size / 2, centre + size / 2), 1)
+
+        target_image = targets[:, 0].long()
+        scale = torch.stack((image_width, image_height)).to(device)
+        target_centre, target_size = targets[:, 2:4] * scale, targets[:, 4:6] * scale
+        target_corners = torch.cat((target_centre - target_size / 2, target_centre + target_size / 2), 1)
+
+        candidate_slot, most_candidates = _slots(image, batch_size)
+        target_slot, most_targets = _slots(target_image, batch_size)
+        dense_boxes = predicted.new_zeros(batch_size, most_candidates, 4)
+        dense_boxes[image, candidate_slot] = predicted
+        dense_logits = rows.new_zeros(batch_size, most_candidates, rows.shape[1] - 4)
+        dense_logits[image, candidate_slot] = rows[:, 4:]
+        candidate_index = image.new_full((batch_size, most_candidates), -1)
+        candidate_index[image, candidate_slot] = torch.arange(len(image), device=device)
+        dense_targets = predicted.new_zeros(batch_size, most_targets, 4)
+        dense_targets[target_image, target_slot] = target_corners
+        dense_classes = image.new_zeros(batch_size, most_targets)
+        dense_classes[target_image, target_slot] = targets[:, 1].long()
+        target_index = image.new_full((batch_size, most_targets), -1)
+        target_index[target_image, target_slot] = torch.arange(len(targets), device=device)
+        valid = (target_index >= 0)[:, :, None] & (candidate_index >= 0)[:, None, :]
+
+        iou, cost = ota_cost(dense_boxes, dense_logits, dense_targets, dense_classes)
+        matched, matched_slot = ota_match(iou, cost, valid)
+        positive = candidate_index[matched]  # candidate rows that are positives
+        owner = target_index.gather(1, matched_slot)[matched]  # their targets' rows
+
+        assigned = []
+        for index, level_candidates in enumerate(candidates):
+            here = level[positive] == index
+            rows_here, owners = positive[here] - sum(counts[:index]), owner[here]
+            height, width = _grid_size(predictions[index], index)
+            grid_scale = torch.tensor([width, height], device=device, dtype=torch.float32)
+            cell = cells[positive[here]]
+            assigned.append(LevelTargets(
+                class_ids=targets[owners, 1].long(),
+                boxes=torch.cat((targets[owners, 2:4] * grid_scale - cell, targets[owners, 4:6] * grid_scale), 1),
+                image_index=level_candidates.image_index[rows_here],
+                anchor_index=level_candidates.anchor_index[rows_here],
+                grid_y=level_candidates.grid_y[rows_here],
+                grid_x=level_candidates.grid_x[rows_here],
+                anchors=level_candidates.anchors[rows_here]))
+    return assigned
+
+
+class OtaLoss(YoloLoss):
+    """YOLOv7's training loss (``loss_ota: 1``): YOLOv5's loss terms and gains on the positives of the OTA
+    assignment (``ota_assign``). Validation losses stay YOLOv5's, as in upstream YOLOv7."""
+
+    def assign(self, predictions: Sequence[torch.Tensor], targets: torch.Tensor) -> list[LevelTargets]:
+        return ota_assign(self.head, predictions, targets, self.anchor_t)
+
+
+def build_loss(head: Any, hyp: dict, image_size: int = 640) -> YoloLoss:
+    """The training loss the hyperparameters ask for: ``loss_ota: 1`` the OTA loss (YOLOv7), absent or 0 the
+    YOLOv5 loss."""
+    choice = hyp.get("loss_ota", 0)
+    if choice not in (0, 1):
+        raise UsageError(f"hyp['loss_ota'] must be 0 (YOLOv5 loss) or 1 (OTA, YOLOv7), got {choice!r}")
+    return (OtaLoss if choice else YoloLoss)(head, hyp, image_size=image_size)

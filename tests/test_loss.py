@@ -1,4 +1,4 @@
-"""Tests for engine/loss.py: target assignment, CIoU and the YOLOv5 loss."""
+"""Tests for engine/loss.py: target assignment (YOLOv5 and OTA), CIoU and the losses."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.loss import LEVEL_BALANCE_MANY, YoloLoss, bbox_ciou, build_targets
+from engine.loss import (LEVEL_BALANCE_MANY, OtaLoss, YoloLoss, bbox_ciou, build_loss, build_targets, ota_assign,
+                         ota_cost, ota_match)
+from models.errors import UsageError
 
 DEFAULT_ANCHORS_PX = [
     [[10, 13], [16, 30], [33, 23]],
@@ -397,3 +399,127 @@ def test_loss_on_the_real_yolov5n_model():
     assert torch.isfinite(items).all() and (items > 0).all()
     total.backward()
     assert all(p.grad is not None for p in model.head.parameters())
+
+
+# ---------------------------------------------------------------- OTA (YOLOv7)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_ota_cost_by_hand():
+    """IoU cost 3 * -log(IoU + 1e-8) plus the class cost: BCE of logit(sqrt(sigmoid(cls) * sigmoid(obj)))."""
+    targets = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]]])  # (1 image, 2 targets, 4)
+    candidates = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0], [0.0, 0.0, 6.0, 5.0],
+                                [20.0, 20.0, 30.0, 30.0]]])
+    logits = torch.tensor([[[1.0, 2.0, -1.0], [0.0, 0.0, 0.0], [0.5, -2.0, 3.0], [0.0, 1.0, 1.0]]])  # obj, c0, c1
+    iou, cost = ota_cost(candidates, logits, targets, torch.tensor([[0, 1]]))
+    expected_iou = [[1.0, 0.5, 0.3, 0.0], [0.5, 1.0, 0.6, 0.0]]
+    torch.testing.assert_close(iou[0], torch.tensor(expected_iou))
+    for t, true_class in enumerate((0, 1)):
+        for c in range(4):
+            obj, *classes = logits[0, c].tolist()
+            scores = [math.sqrt(_sigmoid(x) * _sigmoid(obj)) for x in classes]
+            class_cost = sum(-math.log(s) if k == true_class else -math.log(1 - s) for k, s in enumerate(scores))
+            expected = class_cost + 3.0 * -math.log(expected_iou[t][c] + 1e-8)
+            assert cost[0, t, c].item() == pytest.approx(expected, rel=1e-5), (t, c)
+
+
+def test_ota_dynamic_k_takes_the_lowest_cost_candidates():
+    # target 0: IoUs sum to 1.8 -> k = 1; target 1: 2.1 -> k = 2. Costs from IoU alone rank the candidates.
+    iou = torch.tensor([[[1.0, 0.5, 0.3, 0.0], [0.5, 1.0, 0.6, 0.0]]])
+    cost = -torch.log(iou + 1e-8)
+    valid = torch.ones(1, 2, 4, dtype=torch.bool)
+    matched, owner = ota_match(iou, cost, valid)
+    assert matched[0].tolist() == [True, True, True, False]
+    assert owner[0, :3].tolist() == [0, 1, 1]
+    # more than 10 candidates: k comes from the best 10 IoUs only
+    iou = torch.full((1, 1, 12), 0.25)
+    iou[0, 0, 11] = 0.95  # 0.95 + 9 x 0.25 = 3.2 -> k = 3
+    matched, _ = ota_match(iou, -torch.log(iou), torch.ones(1, 1, 12, dtype=torch.bool))
+    assert int(matched.sum()) == 3 and bool(matched[0, 11])
+
+
+def test_ota_contested_candidate_goes_to_the_lowest_cost_target():
+    """Taken by targets 0 and 1, candidate 0 goes to the target of lowest cost for it over all the image's targets:
+    here target 2, which had taken candidate 1 (YOLOv7's rule)."""
+    iou = torch.full((1, 3, 3), 0.3)  # k = 1 for every target
+    cost = torch.tensor([[[1.0, 5.0, 5.0], [2.0, 5.0, 5.0], [0.5, 0.1, 5.0]]])
+    matched, owner = ota_match(iou, cost, torch.ones(1, 3, 3, dtype=torch.bool))
+    assert matched[0].tolist() == [True, True, False]
+    assert owner[0, :2].tolist() == [2, 2]
+    # two targets, one candidate each: the lower cost wins it, the other target has no positive
+    matched, owner = ota_match(torch.full((1, 2, 1), 0.5), torch.tensor([[[3.0], [1.0]]]),
+                               torch.ones(1, 2, 1, dtype=torch.bool))
+    assert matched[0].tolist() == [True] and owner[0].tolist() == [1]
+
+
+def _random_predictions(batch: int, image_size: int, num_classes: int, seed: int = 0, scale: float = 1.5):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator) * scale for shape in level_shapes(image_size, num_classes, batch)]
+
+
+def _positives(assigned, image_offset: int = 0) -> list[tuple]:
+    rows = []
+    for level, level_targets in enumerate(assigned):
+        for i in range(len(level_targets)):
+            rows.append((level, int(level_targets.image_index[i]) + image_offset, int(level_targets.anchor_index[i]),
+                         int(level_targets.grid_y[i]), int(level_targets.grid_x[i]),
+                         int(level_targets.class_ids[i]), *[round(v, 5) for v in level_targets.boxes[i].tolist()]))
+    return sorted(rows)
+
+
+def test_ota_target_without_candidates():
+    """A target no anchor fits has no candidates of its own; it may still take one of its image's pool. An image
+    whose only target has none gets no positives; no targets at all give empty levels."""
+    head = FakeHead()
+    predictions = _random_predictions(2, 128, 3)
+    thin = [1, 0, 0.5, 0.5, 0.9, 0.004]  # 115 x 0.5 px: no anchor within the ratio 4
+    fitting = [0, 1, 0.3, 0.3, 0.2, 0.25]
+    assigned = ota_assign(head, predictions, torch.tensor([fitting, thin]))
+    assert all(int(level.image_index.max()) == 0 for level in assigned if len(level))
+    assert sum(len(level) for level in assigned) > 0
+    assert sum(len(level) for level in ota_assign(head, predictions, torch.tensor([thin]))) == 0
+    assert sum(len(level) for level in ota_assign(head, predictions, torch.zeros(0, 6))) == 0
+    # the thin target shares image 0 with a fitting one: it may claim from the pool, and the loss stays finite
+    both = torch.tensor([fitting, [0, 2, 0.35, 0.3, 0.9, 0.004]])
+    loss, _ = OtaLoss(head, HYP, image_size=128)([p.requires_grad_() for p in predictions], both)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in predictions)
+
+
+def test_ota_batch_equals_each_image_alone():
+    """Padding the images to one batch changes nothing: each image's positives are those it gets alone."""
+    head = FakeHead()
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for image, count in enumerate((5, 1, 9)):
+        boxes = torch.rand(count, 4, generator=generator) * torch.tensor([0.8, 0.8, 0.4, 0.4]) + \
+            torch.tensor([0.1, 0.1, 0.03, 0.03])
+        classes = torch.randint(0, 3, (count, 1), generator=generator).float()
+        rows.append(torch.cat((torch.full((count, 1), float(image)), classes, boxes), 1))
+    targets = torch.cat(rows)
+    predictions = _random_predictions(3, 128, 3, seed=2)
+    together = _positives(ota_assign(head, predictions, targets))
+    alone = []
+    for image in range(3):
+        mine = targets[targets[:, 0] == image].clone()
+        mine[:, 0] = 0
+        alone += _positives(ota_assign(head, [p[image:image + 1] for p in predictions], mine), image_offset=image)
+    assert together == sorted(alone) and len(together) > 0
+
+
+def test_build_loss_follows_loss_ota():
+    head = FakeHead()
+    predictions = _random_predictions(2, 128, 3, seed=3)
+    targets = torch.tensor([[0, 1, 0.5, 0.5, 0.2, 0.3], [1, 2, 0.3, 0.6, 0.1, 0.1]])
+    reference = YoloLoss(head, HYP, image_size=128)(predictions, targets)
+    for hyp in (HYP, {**HYP, "loss_ota": 0}):
+        loss = build_loss(head, hyp, image_size=128)
+        assert type(loss) is YoloLoss
+        total, items = loss(predictions, targets)
+        assert torch.equal(total, reference[0]) and torch.equal(items, reference[1])
+    assert isinstance(build_loss(head, {**HYP, "loss_ota": 1}, image_size=128), OtaLoss)
+    with pytest.raises(UsageError, match="loss_ota"):
+        build_loss(head, {**HYP, "loss_ota": 2})

@@ -395,7 +395,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cfgs", nargs="+", default=["yolov5n.yaml", "yolov5n-slimneck.yaml"],
                         help="model YAMLs; the first is the baseline of the differences and ratios")
     parser.add_argument("--data", default="data/blocks.yaml")
-    parser.add_argument("--hyp", default=str(DEFAULT_HYP))
+    parser.add_argument("--hyp", default="", help="hyperparameter YAML for every model (default: each model "
+                        f"config's hyp: key, else {DEFAULT_HYP.relative_to(ROOT)})")
     parser.add_argument("--epochs", type=int, default=90)
     parser.add_argument("--imgsz", "--img", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=64)

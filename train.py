@@ -17,7 +17,9 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
     parser.add_argument("--data", default="data/shapes.yaml", help="dataset YAML")
     parser.add_argument("--cfg", default="", help="model YAML (path or name in cfg/), e.g. yolov5s-slimneck.yaml")
     parser.add_argument("--weights", default="", help="initial weights: our checkpoint or an official YOLOv5/v7 .pt")
-    parser.add_argument("--hyp", default=str(DEFAULT_HYP), help="hyperparameter YAML")
+    parser.add_argument("--hyp", default="", help="hyperparameter YAML (default: the file the model config names "
+                        "in its hyp: key, e.g. hyp.scratch.tiny.yaml for cfg/yolov7-tiny*.yaml; else "
+                        f"{DEFAULT_HYP.relative_to(ROOT)})")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16, help="total batch size over all processes")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train and val image size")

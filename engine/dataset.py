@@ -495,9 +495,11 @@ class YoloDataset(Dataset):
         self.pad = pad
         self.prefix = prefix
         self.num_classes = num_classes
-        if augment and self.hyp["copy_paste"] > 0:
-            logger.warning("%scopy_paste=%g ignored: copy-paste needs segment labels, which this pipeline "
-                           "does not keep", prefix, self.hyp["copy_paste"])
+        for key in ("copy_paste", "paste_in"):  # YOLOv5's and YOLOv7's segment-pasting augmentations
+            value = (hyp or {}).get(key, 0.0)
+            if augment and value > 0:
+                logger.warning("%s%s=%g ignored: it needs segment labels, which this pipeline does not keep",
+                               prefix, key, value)
 
         image_files = resolve_image_files(image_files_or_split_spec, what=f"{prefix}dataset")
         label_files = [image_to_label_path(path) for path in image_files]

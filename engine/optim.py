@@ -10,11 +10,33 @@ import torch.nn as nn
 from models.errors import UsageError
 
 NOMINAL_BATCH_SIZE = 64
+WARMUP_MIN_ITERATIONS = 100  # YOLOv5's floor; a hyp file may set its own (``warmup_min_iterations``, YOLOv7: 1000)
+
+
+MAX_GRAD_NORM = 10.0  # YOLOv5 clips the gradient norm here; a hyp file may set ``max_grad_norm`` (0: no clipping)
+
+
+def max_grad_norm(hyp: dict) -> float:
+    """The gradient-norm clip of an optimizer step: ``max_grad_norm`` from the hyp (YOLOv5's 10 when absent; 0 turns
+    clipping off, as in YOLOv7, returned as inf)."""
+    value = hyp.get("max_grad_norm", MAX_GRAD_NORM)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise UsageError(f"hyp['max_grad_norm'] must be a non-negative number (0: no clipping), got {value!r}")
+    return float(value) if value > 0 else math.inf
+
+
+def warmup_iterations(hyp: dict, batches: int) -> int:
+    """Length of the warm-up in iterations: ``warmup_epochs`` epochs, but at least the floor."""
+    floor = hyp.get("warmup_min_iterations", WARMUP_MIN_ITERATIONS)
+    if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
+        raise UsageError(f"hyp['warmup_min_iterations'] must be a non-negative integer, got {floor!r}")
+    return max(round(hyp["warmup_epochs"] * batches), floor)
 
 
 def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937,
                     weight_decay: float = 5e-4) -> torch.optim.Optimizer:
-    """Groups: 0 = biases (no decay), 1 = conv/linear weights (decay), 2 = normalisation weights (no decay).
+    """Groups: 0 = biases (no decay), 1 = conv/linear weights (decay), 2 = normalisation weights and the
+    parameters of modules that set ``no_weight_decay = True`` (YOLOv7's implicit offsets and scales; no decay).
 
     Decaying BatchNorm scales or biases only shrinks them towards zero for no regularisation benefit.
     """
@@ -26,7 +48,7 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
                 continue
             if parameter_name == "bias":
                 biases.append(parameter)
-            elif isinstance(module, norm_types):
+            elif isinstance(module, norm_types) or getattr(module, "no_weight_decay", False):
                 norm_weights.append(parameter)
             else:
                 weights.append(parameter)

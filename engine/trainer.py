@@ -1,6 +1,7 @@
 """The training engine behind train.py: the YOLOv5 recipe (REFERENCE.md section 5) on one CPU/GPU or under torchrun."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -24,8 +25,9 @@ from engine.dataloader import create_dataloader
 from engine.dataset import load_data_config
 from engine.ema import ModelEMA
 from engine.guard import NonFiniteGuard
-from engine.loss import YoloLoss
-from engine.optim import NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda
+from engine.loss import YoloLoss, build_loss
+from engine.optim import (NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda,
+                          max_grad_norm, warmup_iterations)
 from engine.precision import describe, memory_format_name, resolve_memory_format, resolve_precision
 from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
@@ -48,7 +50,7 @@ class TrainOptions:
     data: str = "data/shapes.yaml"
     cfg: str = ""
     weights: str = ""
-    hyp: str = str(DEFAULT_HYP)
+    hyp: str = ""  # empty: the file the model config names (``hyp:``), else DEFAULT_HYP
     epochs: int = 100
     batch_size: int = 16
     imgsz: int = 640
@@ -84,10 +86,12 @@ class TrainingState:
     schedule: Callable[[float], float]
     ema: ModelEMA | None
     scaler: torch.amp.GradScaler
-    loss_fn: YoloLoss
+    loss_fn: YoloLoss  # the training loss (``build_loss``: YOLOv5's, or OTA when the hyp says loss_ota: 1)
+    val_loss_fn: YoloLoss  # validation losses are always YOLOv5's, as in upstream YOLOv7
     batches: int
     warmup_iterations: int
     accumulate: int
+    max_grad_norm: float  # inf: no clipping (the norm is still measured, for the non-finite guard)
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
     stopper: EarlyStopping | None = None
     start_epoch: int = 0
@@ -180,9 +184,14 @@ class Trainer:
         options.memory_format = memory_format_name(self.memory_format)
         if self.is_main:
             logger.info("Training with %s", describe(self.precision, self.memory_format))
-        self.hyp = self.resume_state["hyp"] if self.resume_state else load_hyp(options.hyp)
-        self.hyp.setdefault("label_smoothing", options.label_smoothing)
         seed_everything(options.seed + 1 + max(self.rank, 0))
+        with rank_zero_first(self.rank) if self.world_size > 1 else contextlib.nullcontext():
+            self.data = load_data_config(options.data)
+        self.names = ["item"] if options.single_cls else self.data["names"]
+        self.num_classes = len(self.names)
+        self.model = self._build_model()
+        self.hyp = self.resume_state["hyp"] if self.resume_state else self._load_hyp()
+        self.hyp.setdefault("label_smoothing", options.label_smoothing)
 
         self.save_dir = Path(options.project) / options.name
         if not self.resume_state:
@@ -192,12 +201,6 @@ class Trainer:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
             (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(asdict(options), sort_keys=False))
-
-        with rank_zero_first(self.rank) if self.world_size > 1 else _null():
-            self.data = load_data_config(options.data)
-        self.names = ["item"] if options.single_cls else self.data["names"]
-        self.num_classes = len(self.names)
-        self.model = self._build_model()
         self.grid_size = max(int(self.model.stride.max()), 32)
         self.imgsz = math.ceil(options.imgsz / self.grid_size) * self.grid_size
         if self.imgsz != options.imgsz:
@@ -206,6 +209,18 @@ class Trainer:
         self._freeze(options.freeze)
 
     # ------------------------------------------------------------------ setup
+    def _load_hyp(self) -> dict:
+        """--hyp, or when it is not given the file the model config names (``hyp:``, e.g. YOLOv7's recipe for
+        cfg/yolov7*.yaml), or YOLOv5's scratch-low. The file used is recorded in the options (opt.yaml)."""
+        options = self.options
+        if not options.hyp:
+            named = self.model.cfg.get("hyp")
+            options.hyp = str(named or DEFAULT_HYP)
+            if self.is_main:
+                logger.info("Hyperparameters: %s (%s; --hyp overrides)", options.hyp,
+                            "named by the model config" if named else "the default")
+        return load_hyp(options.hyp)
+
     def _build_model(self) -> DetectionModel:
         from models.weights import load_model
 
@@ -233,7 +248,7 @@ class Trainer:
     def _dataloaders(self):
         options = self.options
         per_rank_batch = options.batch_size // self.world_size
-        with rank_zero_first(self.rank) if self.world_size > 1 else _null():
+        with rank_zero_first(self.rank) if self.world_size > 1 else contextlib.nullcontext():
             train_loader, train_set = create_dataloader(
                 self.data["train"], self.imgsz, per_rank_batch, self.grid_size, hyp=self.hyp, augment=True,
                 cache=options.cache, rank=self.rank, workers=options.workers, shuffle=True, seed=options.seed,
@@ -302,8 +317,10 @@ class Trainer:
             optimizer=optimizer, schedule=schedule, scheduler=build_scheduler(optimizer, schedule),
             ema=ModelEMA(self.model) if self.is_main else None,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_grad_scaler),
-            loss_fn=YoloLoss(self.model.head, hyp, image_size=self.imgsz), batches=batches,
-            warmup_iterations=max(round(hyp["warmup_epochs"] * batches), 100), accumulate=accumulate)
+            loss_fn=build_loss(self.model.head, hyp, image_size=self.imgsz),
+            val_loss_fn=YoloLoss(self.model.head, hyp, image_size=self.imgsz), batches=batches,
+            warmup_iterations=warmup_iterations(hyp, batches), accumulate=accumulate,
+            max_grad_norm=max_grad_norm(hyp))
         if self.resume_state:
             self._restore(state, self.resume_state)
         state.stopper = EarlyStopping(options.patience, state.best_fitness, state.best_epoch)
@@ -415,7 +432,7 @@ class Trainer:
         # DDP the gradients are all-reduced, so every rank sees the same and ends it at the same batch.
         if iteration - state.last_step >= state.accumulate or not gradients_are_finite(self.model):
             state.scaler.unscale_(state.optimizer)
-            gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+            gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=state.max_grad_norm)
             if state.guard.step_is_finite(gradient_norm, state.scaler):
                 state.scaler.step(state.optimizer)
                 if state.ema is not None:
@@ -433,7 +450,7 @@ class Trainer:
             final_epoch = epoch + 1 == self.options.epochs
             result = None
             if not self.options.noval or final_epoch:
-                result = self._validate(state.ema.ema, val_loader, state.loss_fn)
+                result = self._validate(state.ema.ema, val_loader, state.val_loss_fn)
             metrics = result.metrics if result else {"precision": 0, "recall": 0, "map50": 0, "map": 0,
                                                      "fitness": 0.0}
             val_losses = result.losses if result else [0.0, 0.0, 0.0]
@@ -570,10 +587,3 @@ class EarlyStopping:
                         self.best_epoch + 1)
         return stop
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

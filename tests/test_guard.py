@@ -78,7 +78,7 @@ def test_guard_counts_only_what_a_loss_scale_does_not_explain():
 
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_a_non_finite_step_is_skipped_and_named(tiny_data, tmp_path, monkeypatch, caplog, kind):
-    monkeypatch.setattr(engine.trainer, "YoloLoss", faulty_loss({(0, 1)}, kind))
+    monkeypatch.setattr(engine.trainer, "build_loss", faulty_loss({(0, 1)}, kind))
     monkeypatch.setattr(Trainer, "_strip_checkpoints", lambda self: None)
     seen = []
     original = torch.optim.SGD.step
@@ -105,7 +105,7 @@ def test_a_non_finite_step_is_skipped_and_named(tiny_data, tmp_path, monkeypatch
 
 
 def test_training_stops_with_a_clear_error_after_five_bad_steps(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.trainer, "YoloLoss", faulty_loss({(0, call) for call in range(100)}, "loss"))
+    monkeypatch.setattr(engine.trainer, "build_loss", faulty_loss({(0, call) for call in range(100)}, "loss"))
     with pytest.raises(NonFiniteTrainingError, match=f"{MAX_NON_FINITE_STEPS} optimizer steps in epoch 1"):
         Trainer(options(tiny_data, tmp_path, batch_size=1)).run()
 
@@ -113,7 +113,7 @@ def test_training_stops_with_a_clear_error_after_five_bad_steps(tiny_data, tmp_p
 def test_the_cli_reports_divergence_in_one_line(tiny_data, tmp_path, monkeypatch, caplog):
     import train
 
-    monkeypatch.setattr(engine.trainer, "YoloLoss", faulty_loss({(0, call) for call in range(100)}, "loss"))
+    monkeypatch.setattr(engine.trainer, "build_loss", faulty_loss({(0, call) for call in range(100)}, "loss"))
     code = train.main(["--data", str(tiny_data), "--cfg", "yolov5n.yaml", "--epochs", "1", "--batch-size", "1",
                        "--imgsz", "64", "--device", "cpu", "--workers", "0", "--project", str(tmp_path), "--noplots",
                        "--quiet", "--noautoanchor"])

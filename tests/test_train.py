@@ -179,3 +179,58 @@ def test_a_trainer_waiting_for_data_says_it_is_input_bound(tiny_data, tmp_path, 
     messages = [record.getMessage() for record in caplog.records if "Input-bound" in record.getMessage()]
     assert len(messages) == 1 and "(--workers 0)" in messages[0]  # said once per run, not every epoch
     assert summary["input_wait_fraction"] > 0.2
+
+
+def test_warmup_floor_comes_from_the_hyp():
+    from engine.optim import warmup_iterations
+    from models.errors import UsageError
+
+    assert warmup_iterations({"warmup_epochs": 3.0}, batches=10) == 100  # YOLOv5's floor
+    assert warmup_iterations({"warmup_epochs": 3.0}, batches=50) == 150
+    assert warmup_iterations({"warmup_epochs": 3.0, "warmup_min_iterations": 1000}, batches=50) == 1000  # YOLOv7
+    with pytest.raises(UsageError, match="warmup_min_iterations"):
+        warmup_iterations({"warmup_epochs": 3.0, "warmup_min_iterations": 0.5}, batches=50)
+
+
+def test_gradient_clip_comes_from_the_hyp():
+    import math
+
+    from engine.optim import max_grad_norm
+    from models.errors import UsageError
+
+    assert max_grad_norm({}) == 10.0 and max_grad_norm({"max_grad_norm": 3}) == 3.0  # YOLOv5's default
+    assert max_grad_norm({"max_grad_norm": 0}) == math.inf  # YOLOv7: no clipping
+    with pytest.raises(UsageError, match="max_grad_norm"):
+        max_grad_norm({"max_grad_norm": -1})
+
+
+def test_yolov7_implicit_parameters_train_without_weight_decay():
+    from engine.optim import build_optimizer
+
+    model = DetectionModel("yolov7-tiny.yaml", num_classes=3)
+    optimizer = build_optimizer(model, weight_decay=5e-4)
+    implicit = {id(p) for name, p in model.named_parameters() if name.endswith(".implicit")}
+    groups = [{id(p) for p in group["params"]} for group in optimizer.param_groups]
+    assert len(implicit) == 6 and implicit <= groups[2] and not implicit & groups[1]
+    assert optimizer.param_groups[2]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("cfg, hyp_file, loss", [("yolov7-tiny-slimneck.yaml", "hyp.scratch.tiny.yaml", "OtaLoss"),
+                                                 ("yolov5n.yaml", "hyp.scratch-low.yaml", "YoloLoss")])
+def test_without_hyp_the_config_names_its_recipe(tiny_data, tmp_path, caplog, cfg, hyp_file, loss):
+    """No --hyp: YOLOv7 configs train with YOLOv7's file (OTA loss, 1000-iteration warm-up floor), the rest with
+    scratch-low; the file is logged and written to opt.yaml; validation losses stay YOLOv5's."""
+    import logging
+
+    import yaml
+
+    with caplog.at_level(logging.INFO, logger="engine.trainer"):
+        trainer = Trainer(options(tiny_data, tmp_path, cfg=cfg, hyp=""))
+    assert Path(trainer.options.hyp).name == hyp_file
+    assert any(hyp_file in record.getMessage() and "Hyperparameters" in record.getMessage()
+               for record in caplog.records)
+    assert Path(yaml.safe_load((trainer.save_dir / "opt.yaml").read_text())["hyp"]).name == hyp_file
+    state = trainer._training_state(batches=4)
+    assert type(state.loss_fn).__name__ == loss and type(state.val_loss_fn).__name__ == "YoloLoss"
+    assert state.warmup_iterations == (1000 if loss == "OtaLoss" else 100)
+    assert state.max_grad_norm == (float("inf") if loss == "OtaLoss" else 10.0)

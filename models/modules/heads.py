@@ -119,6 +119,7 @@ class ImplicitAdd(nn.Module):
     """A learned per-channel offset added to the input (YOLOv7 ImplicitA, init N(0, 0.02))."""
 
     upstream_names = {"implicit": "implicit"}
+    no_weight_decay = True  # YOLOv7 trains the implicit parameters without weight decay
 
     def __init__(self, channels: int):
         super().__init__()
@@ -130,6 +131,8 @@ class ImplicitAdd(nn.Module):
 
 class ImplicitMultiply(nn.Module):
     """A learned per-channel scale applied to the input (YOLOv7 ImplicitM, init N(1, 0.02))."""
+
+    no_weight_decay = True
 
     def __init__(self, channels: int):
         super().__init__()

@@ -6,7 +6,8 @@ and anything outside the allow-list is refused with ``UnsafeCheckpointError``.
 Official checkpoints pickle whole modules (``models.yolo.Model``, ``models.common.C3`` ...), so ``torch.load``
 would have to run code from the file to read them. Instead, ``read_upstream_checkpoint`` unpickles them with a
 restricted unpickler: tensor and storage rebuilds, ``OrderedDict``, numpy arrays and a few harmless plain types get
-real constructors; every class under ``models.*``, ``utils.*`` and ``torch.nn.modules.*`` becomes an inert
+real constructors; every class under ``models.*``, ``utils.*`` (also as ``yolov5.*`` or ``yolov7.*``, as pip packagings
+of the upstream code pickle them) and ``torch.nn.modules.*`` becomes an inert
 ``UpstreamRecord`` that only stores its pickled attributes; any other global is refused before it can be called.
 The recovered tensors are renamed to our layout by walking the rebuilt model with each module's ``upstream_names``
 (see ``models/registry.py``), so no per-architecture table exists here.
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # Classes from these modules are read as inert records (their code never runs): the YOLOv5/YOLOv7 model classes,
 # their helpers, and torch.nn layers (whose constructors are harmless, but records keep the tree uniform).
-UPSTREAM_CODE_PREFIXES = ("models.", "utils.", "yolov5.models.", "yolov5.utils.")
+UPSTREAM_CODE_PREFIXES = ("models.", "utils.", "yolov5.models.", "yolov5.utils.", "yolov7.models.", "yolov7.utils.")
 RECORD_MODULE_PREFIXES = (*UPSTREAM_CODE_PREFIXES, "torch.nn.modules.")
 # Head buffers that the upstream code derives from the anchors (not learned); ours has no counterpart.
 DERIVED_UPSTREAM_BUFFERS = ("anchor_grid",)

@@ -82,14 +82,16 @@ def outputs(model: DetectionModel) -> torch.Tensor:
 
 
 class FakeUpstream:
-    """Classes whose ``__module__``/``__qualname__`` say ``models.yolo.X`` / ``models.common.X``."""
+    """Classes whose ``__module__``/``__qualname__`` say ``models.yolo.X`` / ``models.common.X`` (``package``
+    before those: ``yolov7.`` as the pip packaging of YOLOv7 pickles them)."""
 
-    def __init__(self):
+    def __init__(self, package: str = ""):
         self.classes: dict[str, type] = {}
+        self.modules = (f"{package}models.yolo", f"{package}models.common")
 
     def cls(self, name: str) -> type:
         if name not in self.classes:
-            module = "models.yolo" if name in UPSTREAM_YOLO_MODULE else "models.common"
+            module = self.modules[0] if name in UPSTREAM_YOLO_MODULE else self.modules[1]
             self.classes[name] = type(name, (), {"__module__": module, "__qualname__": name})
         return self.classes[name]
 
@@ -131,7 +133,9 @@ class FakeUpstream:
     @contextlib.contextmanager
     def importable(self):
         """Make ``models.yolo`` / ``models.common`` resolve to the fake classes while pickling; restore after."""
-        saved = {name: sys.modules.get(name) for name in ("models.yolo", "models.common")}
+        parents = {module.rsplit(".", depth)[0] for module in self.modules for depth in (1, 2)
+                   if module.count(".") >= depth}  # a package prefix needs its packages importable too
+        saved = {name: sys.modules.get(name) for name in (*sorted(parents - set(sys.modules)), *self.modules)}
         for name in saved:
             fake = types.ModuleType(name)
             for cls in self.classes.values():
@@ -199,16 +203,27 @@ def yolov5n_file(tmp_path_factory, yolov5n) -> Path:
                      path)
 
 
-@pytest.fixture(scope="module")
-def yolov7_tiny_file(tmp_path_factory, yolov7_tiny) -> Path:
-    fake = FakeUpstream()
-    root = fake.model(yolov7_tiny, yolov7_tiny_upstream_yaml())
-    root.names = dict(enumerate(yolov7_tiny.names))  # newer upstream code stores names as {index: name}
+def yolov7_tiny_upstream_file(folder: Path, model: DetectionModel, package: str = "") -> Path:
+    fake = FakeUpstream(package=package)
+    root = fake.model(model, yolov7_tiny_upstream_yaml())
+    root.names = dict(enumerate(model.names))  # newer upstream code stores names as {index: name}
     head = root._modules["model"]._modules["77"]
     anchor_pixels = head._buffers["anchors"].float() * head.stride.view(-1, 1, 1)
     head._buffers["anchor_grid"] = anchor_pixels.view(3, 1, -1, 1, 1, 2)  # YOLOv7 keeps this derived buffer
-    path = tmp_path_factory.mktemp("upstream") / "yolov7-tiny.pt"
+    path = folder / "yolov7-tiny.pt"
     return fake.save(upstream_payload(root, training_results=None), path)
+
+
+@pytest.fixture(scope="module")
+def yolov7_tiny_file(tmp_path_factory, yolov7_tiny) -> Path:
+    """An official YOLOv7 file: its classes pickled as models.yolo.* / models.common.*."""
+    return yolov7_tiny_upstream_file(tmp_path_factory.mktemp("upstream"), yolov7_tiny)
+
+
+@pytest.fixture(scope="module")
+def yolov7_tiny_pip_file(tmp_path_factory, yolov7_tiny) -> Path:
+    """The same from the pip packaging of YOLOv7 (yolov7detect, ../shared/peer7): classes under yolov7.models.*."""
+    return yolov7_tiny_upstream_file(tmp_path_factory.mktemp("upstream-pip"), yolov7_tiny, package="yolov7.")
 
 
 # ---------------------------------------------------------------------------------------------------- upstream import
@@ -247,19 +262,23 @@ def test_key_map_is_generic_and_matches_upstream_names(yolov5n, yolov7_tiny):
     assert tiny["layers.77.implicit_mul.1.implicit"] == "model.77.im.1.implicit"
 
 
-@pytest.mark.parametrize("which", ["yolov5n", "yolov7_tiny"])
+@pytest.mark.parametrize("which", ["yolov5n", "yolov7_tiny", "yolov7_tiny_pip"])
 def test_upstream_import_reproduces_outputs(request, which):
-    model = request.getfixturevalue(which)
+    model = request.getfixturevalue(which.removesuffix("_pip"))
     path = request.getfixturevalue(f"{which}_file")
+    if which.endswith("_pip"):
+        with zipfile.ZipFile(path) as archive:
+            pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        assert b"cyolov7.models.yolo\nIDetect\n" in pickled and b"cmodels.yolo" not in pickled
     loaded, info = load_model(path)
     assert not loaded.training
     assert info["strict"] and info["transferred"] == info["total"] == len(model.state_dict())
-    assert info["source"] == ("yolov7" if which == "yolov7_tiny" else "yolov5")
+    assert info["source"] == ("yolov7" if which.startswith("yolov7_tiny") else "yolov5")
     assert info["names"] == model.names and info["best_fitness"] == pytest.approx(0.4242)
     difference = (outputs(loaded) - outputs(model)).abs().max().item()
     assert difference < 1e-4, difference
     torch.testing.assert_close(loaded.head.anchors, model.head.anchors)
-    if which == "yolov7_tiny":
+    if which.startswith("yolov7_tiny"):
         assert isinstance(loaded.layers[0].act, nn.LeakyReLU) and loaded.layers[0].act.negative_slope == 0.1
         assert loaded.cfg["activation"] == "nn.LeakyReLU(0.1)"
 

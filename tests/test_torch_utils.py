@@ -20,13 +20,13 @@ def test_retain_freed_memory_serves_reallocations_without_page_faults():
     if minor_page_faults() is None:
         pytest.skip("no getrusage on this platform")
     faults = []
-    for _ in range(10):  # the heap grows over the first cycles, until the blocks fit in the space freed before
+    for _ in range(20):  # the heap grows over the first cycles, until the blocks fit in the space freed before
         before = minor_page_faults()
         _allocate_and_free()
         faults.append(minor_page_faults() - before)
     pages = 3 * BLOCK_FLOATS * 4 // 4096
     # with glibc's defaults every page faulted in all 10 cycles in a fresh process (in 5 of 10 under pytest);
-    # retained memory settles at none after 2-4 cycles
+    # retained memory settles at none after 2-4 cycles, after 5 once in CI's fresh clone (so 20 cycles, median)
     assert sorted(faults)[len(faults) // 2] < pages // 10, faults
 
 

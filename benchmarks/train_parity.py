@@ -16,7 +16,7 @@ same augmentation. ``--hyp-set`` writes the changed file to --out and gives it t
 
 Our engine trains twice, with its defaults (``--precision auto --memory-format auto``: bf16 autocast where the CPU
 has native bf16, channels_last on CPU) and as plain fp32 NCHW (``--precision fp32 --memory-format contiguous``), so
-the table shows what the defaults buy. Both engines train from scratch with hyp.scratch-low and validate after every
+the table shows what the defaults buy. Both engines train from scratch with the same hyp file and validate after every
 epoch (the packaged peer crashes with --noval). The upstream peer runs offline from its own venv
 (../shared/peer/README.md); it is never a dependency of this project. Reported per engine: train images/second
 (images seen / wall time of the whole training command, start-up and per-epoch validation included for both engines
@@ -30,8 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import os
+import re
 import subprocess
 import sys
 import time
@@ -135,12 +135,12 @@ def parity_hyp(options, out: Path) -> tuple[Path, str]:
     scratch-low; with the --hyp-set changes written to ``out``. Returns (file, the name of the file it came from)."""
     import yaml
 
-    from engine.trainer import DEFAULT_HYP, load_hyp
+    from engine.trainer import DEFAULT_HYP, load_hyp, resolve_hyp_path
     from models.parse import load_model_config
 
     path = options.hyp or load_model_config(options.cfg)[0].get("hyp") or str(DEFAULT_HYP)
     hyp = load_hyp(path)
-    source = Path(path).resolve() if Path(path).is_file() else ROOT / "data" / "hyps" / Path(path).name
+    source = resolve_hyp_path(path)
     if not options.hyp_set:
         return source, source.name
     for change in options.hyp_set:
@@ -215,7 +215,8 @@ def summary(out_dirs: list[str]) -> str:
     for folder in map(Path, out_dirs):
         results = json.loads((folder / "parity.json").read_text())
         setup = results.get("setup") or (folder / "parity.md").read_text().splitlines()[0]
-        ours, peer = results[next(name for name, _, _ in OUR_VARIANTS if name in results)]["coco"], results["peer"]["coco"]
+        first = next(name for name, _, _ in OUR_VARIANTS if name in results)
+        ours, peer = results[first]["coco"], results["peer"]["coco"]
         ours_all.append(ours)
         peer_all.append(peer)
         lines.append(f"| {folder.name} | {setup} | {ours:.4f} | {peer:.4f} | {ours / peer:.3f} |")

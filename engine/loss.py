@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from engine.boxes import xywh2xyxy
 from models.errors import UsageError
 logger = logging.getLogger(__name__)
 
@@ -461,27 +462,26 @@ def ota_assign(head: Any, predictions: Sequence[torch.Tensor], targets: torch.Te
         stride = strides[level][:, None]
         centre = (rows[:, :2].sigmoid() * 2.0 - 0.5 + cells) * stride
         size = (rows[:, 2:4].sigmoid() * 2.0) ** 2 * anchors * stride
-        predicted = torch.cat((centre - size / 2, centre + size / 2), 1)
+        predicted = xywh2xyxy(torch.cat((centre, size), 1))
 
         target_image = targets[:, 0].long()
         scale = torch.stack((image_width, image_height)).to(device)
-        target_centre, target_size = targets[:, 2:4] * scale, targets[:, 4:6] * scale
-        target_corners = torch.cat((target_centre - target_size / 2, target_centre + target_size / 2), 1)
+        target_corners = xywh2xyxy(torch.cat((targets[:, 2:4] * scale, targets[:, 4:6] * scale), 1))
 
         candidate_slot, most_candidates = _slots(image, batch_size)
         target_slot, most_targets = _slots(target_image, batch_size)
-        dense_boxes = predicted.new_zeros(batch_size, most_candidates, 4)
-        dense_boxes[image, candidate_slot] = predicted
-        dense_logits = rows.new_zeros(batch_size, most_candidates, rows.shape[1] - 4)
-        dense_logits[image, candidate_slot] = rows[:, 4:]
-        candidate_index = image.new_full((batch_size, most_candidates), -1)
-        candidate_index[image, candidate_slot] = torch.arange(len(image), device=device)
-        dense_targets = predicted.new_zeros(batch_size, most_targets, 4)
-        dense_targets[target_image, target_slot] = target_corners
-        dense_classes = image.new_zeros(batch_size, most_targets)
-        dense_classes[target_image, target_slot] = targets[:, 1].long()
-        target_index = image.new_full((batch_size, most_targets), -1)
-        target_index[target_image, target_slot] = torch.arange(len(targets), device=device)
+        def per_image(values, rows_image, slot, most, fill=0):  # (N, ...) rows -> (B, most, ...), padded
+            dense = values.new_full((batch_size, most, *values.shape[1:]), fill)
+            dense[rows_image, slot] = values
+            return dense
+
+        dense_boxes = per_image(predicted, image, candidate_slot, most_candidates)
+        dense_logits = per_image(rows[:, 4:], image, candidate_slot, most_candidates)
+        candidate_index = per_image(torch.arange(len(image), device=device), image, candidate_slot, most_candidates, -1)
+        dense_targets = per_image(target_corners, target_image, target_slot, most_targets)
+        dense_classes = per_image(targets[:, 1].long(), target_image, target_slot, most_targets)
+        target_index = per_image(torch.arange(len(targets), device=device), target_image, target_slot, most_targets,
+                                 -1)
         valid = (target_index >= 0)[:, :, None] & (candidate_index >= 0)[:, None, :]
 
         iou, cost = ota_cost(dense_boxes, dense_logits, dense_targets, dense_classes)

@@ -119,13 +119,19 @@ def increment_path(path: Path, exist_ok: bool = False) -> Path:
     raise RuntimeError(f"no free run folder next to {path}")
 
 
-def load_hyp(path: str | Path) -> dict:
+def resolve_hyp_path(path: str | Path) -> Path:
+    """A hyperparameter file: the path itself, or a file of that name shipped in data/hyps/."""
     path = Path(path)
-    if not path.is_file():
-        alternative = ROOT / "data" / "hyps" / path.name
-        if not alternative.is_file():
-            raise FileNotFoundError(f"hyperparameter file {path} not found (shipped: data/hyps/*.yaml)")
-        path = alternative
+    if path.is_file():
+        return path.resolve()
+    alternative = ROOT / "data" / "hyps" / path.name
+    if not alternative.is_file():
+        raise FileNotFoundError(f"hyperparameter file {path} not found (shipped: data/hyps/*.yaml)")
+    return alternative
+
+
+def load_hyp(path: str | Path) -> dict:
+    path = resolve_hyp_path(path)
     hyp = yaml.safe_load(path.read_text())
     if not isinstance(hyp, dict):
         raise UsageError(f"{path}: a hyperparameter YAML must be a mapping")

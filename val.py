@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.cli import add_inference_arguments, add_output_arguments, run_command
-from engine.coco import evaluate_coco, predictions_to_coco, save_json, yolo_to_coco_gt
+from engine.coco import dataset_to_coco_gt, evaluate_coco, predictions_to_coco, save_json
 from engine.dataloader import create_dataloader
 from engine.dataset import DatasetError, load_data_config
 from engine.predict import Detector, load_detector, write_yolo_labels
@@ -89,8 +89,8 @@ def _validate(weights: list[str | Path], data, batch_size, imgsz, conf_thres, io
     plots = not noplots
     outputs = _Outputs(save_dir, names, save_txt, save_conf, plots)
     if save_json:
-        sizes = [(int(height), int(width)) for width, height in dataset.image_sizes]
-        ground_truth, outputs.image_ids = yolo_to_coco_gt(dataset.image_files, dataset.labels, sizes, names)
+        outputs.category_ids = None if single_cls else data_config["category_ids"]
+        ground_truth, outputs.image_ids = dataset_to_coco_gt(dataset, names, outputs.category_ids)
 
     detector.warmup(loader.batch_size, tuple(int(side) for side in dataset.batch_shapes[0]) if rect else None)
     result = evaluate(detector, loader, len(names), names, detector.device, conf_thres=conf_thres,
@@ -134,6 +134,7 @@ class _Outputs:
         self.save_dir, self.names = save_dir, names
         self.save_txt, self.save_conf, self.plots = save_txt, save_conf, plots
         self.image_ids: dict[str, int] | None = None
+        self.category_ids: list[int] | None = None  # the dataset's COCO category id of each class, if it has them
         self.coco_detections: list[torch.Tensor] = []
         self.coco_image_ids: list[int] = []
         self.label_files = 0
@@ -163,7 +164,7 @@ class _Outputs:
 
 def _coco_evaluation(ground_truth: dict, outputs: _Outputs, save_dir: Path, stem: str, metrics: dict) -> dict:
     """Write the predictions JSON (and the ground truth it is scored against) and score it with pycocotools."""
-    records = predictions_to_coco(outputs.coco_detections, outputs.coco_image_ids)
+    records = predictions_to_coco(outputs.coco_detections, outputs.coco_image_ids, outputs.category_ids)
     predictions_path = save_json(records, save_dir / f"{stem}_predictions.json")
     ground_truth_path = save_json(ground_truth, save_dir / "ground_truth_coco.json")
     logger.info("Evaluating %s (%d detections) with pycocotools against %s", predictions_path, len(records),

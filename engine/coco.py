@@ -2,7 +2,9 @@
 
 Ids follow the convention of YOLOv5's ``--save-json`` so that JSON files of both engines can be scored by
 the same ground truth: an image whose file stem is a number gets that number as its id, ``category_id`` is
-the 0-based class index and ``bbox`` is [x_top_left, y_top_left, width, height] in original-image pixels.
+the 0-based class index (or, for a dataset converted from COCO, the original category id its YAML lists in
+``category_ids``, so the predictions can be scored against the original annotation file) and ``bbox`` is
+[x_top_left, y_top_left, width, height] in original-image pixels.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "assign_image_ids",
+    "dataset_to_coco_gt",
     "evaluate_coco",
     "load_json",
     "predictions_to_coco",
@@ -71,18 +74,21 @@ def yolo_to_coco_gt(
     labels: Sequence[np.ndarray],
     image_shapes: Sequence[tuple[int, int]],
     names: Sequence[str],
+    category_ids: Sequence[int] | None = None,
 ) -> tuple[dict, dict[str, int]]:
     """Build a COCO ground-truth dict from a YOLO split.
 
     ``labels[i]`` is image i's (n, 5) array [cls, cx, cy, w, h] normalised to the original image,
-    ``image_shapes[i]`` its original (height, width), ``names`` the class names (category ids 0..nc-1).
-    Returns (ground truth dict, stem -> image id mapping from :func:`assign_image_ids`).
+    ``image_shapes[i]`` its original (height, width), ``names`` the class names, ``category_ids`` the category
+    id of each class (default 0..nc-1). Returns (ground truth dict, stem -> image id mapping from
+    :func:`assign_image_ids`).
     """
     if not len(image_files) == len(labels) == len(image_shapes):
         raise ValueError(
             f"yolo_to_coco_gt: {len(image_files)} images, {len(labels)} label arrays and "
             f"{len(image_shapes)} shapes must correspond"
         )
+    category_ids = check_category_ids(category_ids, len(names))
     ids = assign_image_ids(image_files)
     images, annotations = [], []
     for file, image_labels, shape in zip(image_files, labels, image_shapes):
@@ -110,12 +116,12 @@ def yolo_to_coco_gt(
             annotations.append({
                 "id": len(annotations) + 1,  # COCOeval treats id 0 as "unmatched", so ids start at 1
                 "image_id": image_id,
-                "category_id": int(class_id),
+                "category_id": category_ids[class_id],
                 "bbox": [float(x1), float(y1), float(box_width), float(box_height)],
                 "area": float(box_width * box_height),
                 "iscrowd": 0,
             })
-    categories = [{"id": index, "name": str(name)} for index, name in enumerate(names)]
+    categories = [{"id": category_ids[index], "name": str(name)} for index, name in enumerate(names)]
     ground_truth = {
         "info": {"description": "slimneck-yolo ground truth converted from YOLO labels"},
         "images": images,
@@ -125,12 +131,33 @@ def yolo_to_coco_gt(
     return ground_truth, ids
 
 
+def check_category_ids(category_ids: Sequence[int] | None, num_classes: int) -> list[int]:
+    """The COCO category id of each class: ``category_ids`` checked (one distinct integer per class), or 0..nc-1."""
+    if category_ids is None:
+        return list(range(num_classes))
+    ids = list(category_ids)
+    if len(ids) != num_classes or len(set(ids)) != len(ids) or not all(
+            isinstance(value, int) and not isinstance(value, bool) for value in ids):
+        raise UsageError(f"category_ids must be {num_classes} distinct integers (one per class), got {ids}")
+    return ids
+
+
+def dataset_to_coco_gt(dataset, names: Sequence[str], category_ids: Sequence[int] | None = None
+                       ) -> tuple[dict, dict[str, int]]:
+    """The COCO ground truth of a scanned ``YoloDataset`` (its checked labels and original image sizes):
+    what val.py --save-json scores against and ``python -m data.convert yolo2coco`` writes."""
+    sizes = [(int(height), int(width)) for width, height in dataset.image_sizes]
+    return yolo_to_coco_gt(dataset.image_files, dataset.labels, sizes, names, category_ids)
+
+
 def predictions_to_coco(
-    detections_per_image: Sequence[torch.Tensor | np.ndarray], image_ids: Sequence[int]
+    detections_per_image: Sequence[torch.Tensor | np.ndarray], image_ids: Sequence[int],
+    category_ids: Sequence[int] | None = None,
 ) -> list[dict]:
     """COCO result records from per-image detections (n, 6) [x1, y1, x2, y2, conf, cls] in original pixels.
 
-    Coordinates are rounded to 3 decimals and scores to 5, as in YOLOv5's JSON.
+    ``category_ids[c]`` is the category id written for class c (default c). Coordinates are rounded to 3
+    decimals and scores to 5, as in YOLOv5's JSON.
     """
     if len(detections_per_image) != len(image_ids):
         raise ValueError(
@@ -152,7 +179,7 @@ def predictions_to_coco(
         for box, score, class_id in zip(boxes, detections[:, 4], detections[:, 5]):
             records.append({
                 "image_id": int(image_id),
-                "category_id": int(class_id),
+                "category_id": int(class_id) if category_ids is None else int(category_ids[int(class_id)]),
                 "bbox": [round(float(value), 3) for value in box],
                 "score": round(float(score), 5),
             })

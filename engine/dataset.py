@@ -49,6 +49,7 @@ from tqdm import tqdm
 from engine.augment import (augment_hsv, augmentation_hyp, letterbox, mixup, mosaic4,
                             random_perspective)
 from engine.boxes import xyxy2xywhn
+from engine.coco import check_category_ids
 from models.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,12 @@ def load_data_config(yaml_file: str | Path) -> dict:
     """Read a dataset YAML and resolve its splits to image files.
 
     Returns a dict with ``path`` (Path, the dataset root), ``train``, ``val`` (list[Path] of image
-    files), ``test`` (list[Path] or None), ``names`` (list[str]), ``nc`` (int) and ``yaml_file`` (Path).
+    files), ``test`` (list[Path] or None), ``names`` (list[str]), ``nc`` (int), ``yaml_file`` (Path) and
+    ``category_ids`` (the COCO category id of each class, for datasets converted from COCO; else None).
     A relative ``path`` is relative to the YAML's folder (no ``path``: the YAML's folder); relative
     split entries are relative to ``path``. A YAML with ``generator: <name>`` (one of
-    ``BUILTIN_GENERATORS``) has its dataset created when the ``path`` folder is missing.
+    ``BUILTIN_GENERATORS``) has its dataset created when the ``path`` folder is missing; a missing folder is
+    otherwise an error, which quotes the YAML's ``prepare:`` text (the command that creates it), if any.
     """
     yaml_file = Path(yaml_file).expanduser()
     if not yaml_file.is_file():
@@ -120,6 +123,8 @@ def load_data_config(yaml_file: str | Path) -> dict:
         _run_generator(content["generator"], root, yaml_file)
     elif not root.is_dir():
         hint = " (downloads are not supported: fetch the data yourself)" if "download" in content else ""
+        if isinstance(content.get("prepare"), str):
+            hint = f"; create it with: {content['prepare'].strip()}"
         raise DatasetError(f"{yaml_file}: dataset folder {root} does not exist{hint}")
 
     splits = {}
@@ -129,7 +134,14 @@ def load_data_config(yaml_file: str | Path) -> dict:
             splits[key] = None
             continue
         splits[key] = resolve_image_files(spec, root, what=f"{yaml_file} '{key}'")
-    return {"path": root, **splits, "names": names, "nc": len(names), "yaml_file": yaml_file.resolve()}
+    category_ids = content.get("category_ids")
+    if category_ids is not None:
+        try:
+            category_ids = check_category_ids(category_ids, len(names))
+        except UsageError as error:
+            raise DatasetError(f"{yaml_file}: {error}") from None
+    return {"path": root, **splits, "names": names, "nc": len(names), "yaml_file": yaml_file.resolve(),
+            "category_ids": category_ids}
 
 
 def _parse_names(content: dict, yaml_file: Path) -> list[str]:

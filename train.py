@@ -49,6 +49,16 @@ def parse_options(argv: list[str] | None = None) -> TrainOptions:
                         help="training precision: auto = fp16 AMP on CUDA, bf16 on CPUs with native bf16, else fp32")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                         help="activation/weight layout in training: auto = channels_last on CPU, NCHW on GPU")
+    parser.add_argument("--rect", action="store_true", help="rectangular training batches (no mosaic, no shuffle)")
+    parser.add_argument("--multi-scale", action="store_true", help="vary the image size +-50%% per batch (in "
+                        "multiples of the max stride)")
+    parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA only)")
+    parser.add_argument("--image-weights", action="store_true", help="sample training images by class weights "
+                        "and per-class mAP (single process)")
+    parser.add_argument("--nosave", action="store_true", help="save checkpoints only after the final epoch")
+    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                        help="TensorBoard event files in the run folder (default: when the tensorboard package is "
+                        "installed; --tensorboard requires it)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     return TrainOptions(**vars(args))

@@ -5,7 +5,8 @@ All functions work on OpenCV images (H, W, 3) uint8 BGR and on boxes as float ar
 numpy's global generator, which the dataset seeds per item (``YoloDataset.set_augment_seed``).
 
 Implemented: letterbox, 4-image mosaic, random affine/perspective with box transform and the
-degenerate-box filter, HSV jitter, flips (done in the dataset), mixup. Not implemented: ``copy_paste``
+degenerate-box filter, HSV jitter, flips (done in the dataset), mixup, and (on whole batches, in the trainer)
+``--multi-scale``'s random batch size. Not implemented: ``copy_paste``
 (it needs segment labels, which this pipeline does not keep); a non-zero value is reported and ignored.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 import yaml
 
 from models.errors import UsageError
@@ -210,3 +213,19 @@ def mixup(image: np.ndarray, boxes: np.ndarray, other_image: np.ndarray,
     weight = np.random.beta(32.0, 32.0)
     blended = (image.astype(np.float32) * weight + other_image.astype(np.float32) * (1 - weight))
     return blended.round().astype(np.uint8), np.concatenate([boxes, other_boxes], 0)
+
+
+MULTI_SCALE_RANGE = (0.5, 1.5)  # --multi-scale: a batch's long side is drawn from [0.5, 1.5] x imgsz (YOLOv5)
+
+
+def multi_scale(images: torch.Tensor, rng: random.Random, imgsz: int, stride: int) -> torch.Tensor:
+    """Resize a (B, 3, H, W) float batch so its long side is a random multiple of ``stride`` in
+    ``MULTI_SCALE_RANGE`` x ``imgsz`` (bilinear; both sides rounded up to stride multiples, so rectangular
+    batches keep their aspect ratio). Normalised labels need no change."""
+    low, high = int(imgsz * MULTI_SCALE_RANGE[0]), int(imgsz * MULTI_SCALE_RANGE[1])
+    size = max(rng.randrange(low, high + stride) // stride * stride, stride)
+    factor = size / max(images.shape[2:])
+    if factor == 1:
+        return images
+    shape = [math.ceil(side * factor / stride) * stride for side in images.shape[2:]]
+    return F.interpolate(images, size=shape, mode="bilinear", align_corners=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import logging
 import math
@@ -21,7 +22,8 @@ import yaml
 from tqdm import tqdm
 
 from engine.autoanchor import check_anchor_order, check_anchors
-from engine.dataloader import create_dataloader
+from engine.augment import multi_scale
+from engine.dataloader import create_dataloader, image_weights
 from engine.dataset import load_data_config
 from engine.ema import ModelEMA
 from engine.guard import NonFiniteGuard
@@ -29,6 +31,7 @@ from engine.loss import YoloLoss, build_loss
 from engine.optim import (NOMINAL_BATCH_SIZE, apply_warmup, build_optimizer, build_scheduler, lr_lambda,
                           max_grad_norm, warmup_iterations)
 from engine.precision import describe, memory_format_name, resolve_memory_format, resolve_precision
+from engine.tensorboard import open_tensorboard
 from engine.torch_utils import (distributed_info, init_distributed, rank_zero_first, seed_everything, select_device)
 from engine.validate import evaluate, save_plots
 from models.errors import UsageError
@@ -75,6 +78,12 @@ class TrainOptions:
     precision: str = "auto"  # stored resolved (fp32 / bf16 / fp16), so a resume keeps it
     memory_format: str = "auto"  # stored resolved (channels_last / contiguous)
     quiet: bool = False
+    tensorboard: bool | None = None  # None: event files when the tensorboard package is installed
+    rect: bool = False  # rectangular training batches (no mosaic, no shuffle)
+    multi_scale: bool = False  # each batch resized to a random stride multiple in [0.5, 1.5] x imgsz
+    sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
+    image_weights: bool = False  # sample images by class weights and per-class mAP (single process)
+    nosave: bool = False  # checkpoints only at the end (an interrupted run cannot be resumed)
 
 
 @dataclass
@@ -102,6 +111,8 @@ class TrainingState:
     train_seconds: float = 0.0
     input_seconds: float = 0.0  # of train_seconds, the time spent waiting for the loader's batches
     input_bound_reported: bool = False
+    class_maps: np.ndarray | None = None  # per-class mAP50-95 of the last validation (for --image-weights)
+    best_checkpoint: dict | None = None  # --nosave: the best epoch's checkpoint, written as best.pt at the end
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -161,6 +172,7 @@ class Trainer:
 
         self.rank, self.local_rank, self.world_size = distributed_info()
         self.is_main = self.rank in (-1, 0)
+        self.tensorboard = None  # opened by run() on the main process
         self.resume_state = None
         if options.resume:
             checkpoint_path = find_resume_checkpoint(options.resume, options.project)
@@ -180,6 +192,7 @@ class Trainer:
             done = self.resume_state["epoch"] + 1
             logger.info("Resuming %s: %d of %d epochs done, continuing with epoch %d", checkpoint_path, done,
                         options.epochs, done + 1)
+        check_flag_combinations(options, self.world_size)
         self.options = options
         self.device = select_device(options.device)
         if self.world_size > 1:
@@ -257,8 +270,10 @@ class Trainer:
         with rank_zero_first(self.rank) if self.world_size > 1 else contextlib.nullcontext():
             train_loader, train_set = create_dataloader(
                 self.data["train"], self.imgsz, per_rank_batch, self.grid_size, hyp=self.hyp, augment=True,
-                cache=options.cache, rank=self.rank, workers=options.workers, shuffle=True, seed=options.seed,
-                single_cls=options.single_cls, prefix="train: ", num_classes=self.data["nc"])
+                cache=options.cache, rect=options.rect, rank=self.rank, workers=options.workers,
+                shuffle=not options.rect and not options.image_weights, seed=options.seed,
+                single_cls=options.single_cls, prefix="train: ", num_classes=self.data["nc"],
+                weighted=options.image_weights)
         val_loader = None
         if self.is_main:
             val_loader, _ = create_dataloader(
@@ -272,6 +287,8 @@ class Trainer:
         """Train from the first (or the resumed) epoch to the last; returns the final metrics of best.pt."""
         train_loader, train_set, val_loader = self._dataloaders()
         self._prepare_anchors(train_set)
+        if self.options.sync_bn:
+            self._convert_sync_batchnorm()
         state = self._training_state(len(train_loader))
         model = self.model
         if self.world_size > 1:
@@ -281,9 +298,13 @@ class Trainer:
             logger.info("Image sizes %d train, %d val; %d dataloader workers; logging to %s\nStarting training for "
                         "%d epochs...", self.imgsz, self.imgsz, train_loader.num_workers, self.save_dir,
                         self.options.epochs)
+            if self.options.nosave:
+                logger.warning("--nosave: last.pt and best.pt are written after the final epoch only; a run killed "
+                               "before then cannot be resumed (Ctrl-C still saves last.pt)")
         if state.start_epoch >= self.options.epochs and self.is_main:
             logger.info("All %d epochs were trained before; finishing the run", self.options.epochs)
         epoch, epochs_run = state.start_epoch, 0
+        self.tensorboard = open_tensorboard(self.save_dir, self.options.tensorboard) if self.is_main else None
         try:
             for epoch in range(state.start_epoch, self.options.epochs):
                 mean_loss, learning_rates = self._train_epoch(model, train_loader, state, epoch)
@@ -294,6 +315,8 @@ class Trainer:
             self._save_interrupted(state, epoch)
             raise TrainingInterrupted() from None
         finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if self.world_size > 1 and dist.is_initialized():
                 dist.destroy_process_group()
         if not self.is_main:
@@ -311,6 +334,17 @@ class Trainer:
             check_anchor_order(head)
         if self.world_size > 1:  # every rank must use rank 0's anchors
             dist.broadcast(head.anchors, 0)
+
+    def _convert_sync_batchnorm(self) -> None:
+        """--sync-bn: BatchNorm statistics over all ranks' batches. SyncBatchNorm runs on CUDA under DDP only;
+        elsewhere the flag is reported and ignored (YOLOv5 ignores it silently)."""
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.is_main:
+                logger.info("--sync-bn: BatchNorm layers synchronised across %d processes", self.world_size)
+        elif self.is_main:
+            logger.warning("--sync-bn ignored: SyncBatchNorm needs DDP on CUDA GPUs (this run: %d process(es) on %s)",
+                           self.world_size, self.device.type)
 
     def _training_state(self, batches: int) -> TrainingState:
         """Optimizer, schedule, EMA, loss scaler and counters: fresh, or restored from the resumed checkpoint."""
@@ -343,6 +377,8 @@ class Trainer:
         if extra.get("stopped_early"):  # killed while finishing an early-stopped run: finish it, train no more
             state.start_epoch = self.options.epochs
         state.last_step = extra.get("last_step", -1)
+        if extra.get("class_maps") is not None:
+            state.class_maps = np.asarray(extra["class_maps"], dtype=np.float64)
         state.best_epoch = extra.get("best_epoch", saved["epoch"])
         if extra.get("grad_scaler"):
             state.scaler.load_state_dict(extra["grad_scaler"])
@@ -370,7 +406,10 @@ class Trainer:
         options, device = self.options, self.device
         epoch_start = time.perf_counter()
         model.train()
-        self._seed_epoch(loader, epoch)
+        epoch_seed = self._seed_epoch(loader, epoch)
+        scale_rng = random.Random(epoch_seed) if options.multi_scale else None
+        if options.image_weights:
+            loader.sampler.set_weights(image_weights(loader.dataset.labels, self.num_classes, state.class_maps))
         state.guard.start_epoch(epoch)
         mean_loss, finite_batches, input_seconds = torch.zeros(3, device=device), 0, 0.0
         state.optimizer.zero_grad()
@@ -380,7 +419,10 @@ class Trainer:
         for i, (images, targets, paths, _) in bar:
             if i > 0:  # the first batch's wait is the workers' start-up, not their pace
                 input_seconds += time.perf_counter() - ready
-            images = images.to(device, non_blocking=True).contiguous(memory_format=self.memory_format).float() / 255
+            images = images.to(device, non_blocking=True).float() / 255
+            if scale_rng is not None:
+                images = multi_scale(images, scale_rng, self.imgsz, self.grid_size)
+            images = images.contiguous(memory_format=self.memory_format)
             loss_items = self._train_step(model, state, images, targets, paths, epoch, i)
             if torch.isfinite(loss_items).all():  # a skipped batch is reported by the guard, not averaged in
                 mean_loss = (mean_loss * finite_batches + loss_items) / (finite_batches + 1)
@@ -392,7 +434,9 @@ class Trainer:
                                     f"obj {mean_loss[1]:.4f} cls {mean_loss[2]:.4f} inst {targets.shape[0]}")
                 if epoch == state.start_epoch and i < 3 and not options.noplots:
                     from engine.visualize import plot_batch
-                    plot_batch(images, targets, paths, self.save_dir / f"train_batch{i}.jpg", self.names)
+                    grid = plot_batch(images, targets, paths, self.save_dir / f"train_batch{i}.jpg", self.names)
+                    if self.tensorboard is not None:
+                        self.tensorboard.image(f"train_batch{i}", grid)
             ready = time.perf_counter()
         learning_rates = [group["lr"] for group in state.optimizer.param_groups]
         state.scheduler.step()
@@ -460,12 +504,17 @@ class Trainer:
             metrics = result.metrics if result else {"precision": 0, "recall": 0, "map50": 0, "map": 0,
                                                      "fitness": 0.0}
             val_losses = result.losses if result else [0.0, 0.0, 0.0]
-            self._append_results(self.save_dir / "results.csv", epoch, mean_loss, metrics, val_losses,
-                                 learning_rates)
+            if result is not None:
+                state.class_maps = per_class_maps(result, self.num_classes)
+            values = self._append_results(self.save_dir / "results.csv", epoch, mean_loss, metrics, val_losses,
+                                          learning_rates)
+            if self.tensorboard is not None:
+                self.tensorboard.scalars(epoch, values)
             improved = metrics["fitness"] > state.best_fitness
             state.best_fitness = max(state.best_fitness, metrics["fitness"])
             stop = state.stopper(epoch, metrics["fitness"])
-            self._save_epoch(state, epoch, improved or not (self.weights_dir / "best.pt").exists(), stop)
+            no_best_yet = state.best_checkpoint is None and not (self.weights_dir / "best.pt").exists()
+            self._save_epoch(state, epoch, improved or no_best_yet, stop)
         if self.world_size > 1:
             flag = torch.tensor([int(stop)], device=self.device)
             dist.broadcast(flag, 0)
@@ -475,10 +524,16 @@ class Trainer:
     def _save_epoch(self, state: TrainingState, epoch: int, save_best: bool, stopped_early: bool) -> None:
         # best.pt before last.pt: a kill between the two re-runs this epoch, which then writes best.pt again.
         checkpoint = self._checkpoint(state, epoch, last_step=state.last_step, stopped_early=stopped_early)
+        if self.options.nosave and not (stopped_early or epoch + 1 == self.options.epochs):
+            if save_best:  # kept in memory (the tensors are copied: training goes on changing them)
+                state.best_checkpoint = copy.deepcopy(checkpoint)
+            return
+        if self.options.nosave and not save_best and state.best_checkpoint is not None:
+            self._save(state.best_checkpoint, self.weights_dir / "best.pt")
         if save_best:
             self._save(checkpoint, self.weights_dir / "best.pt")
         self._save(checkpoint, self.weights_dir / "last.pt")
-        if self.options.save_period > 0 and (epoch + 1) % self.options.save_period == 0:
+        if self.options.save_period > 0 and (epoch + 1) % self.options.save_period == 0 and not self.options.nosave:
             self._save(checkpoint, self.weights_dir / f"epoch{epoch + 1}.pt")
 
     def _save_interrupted(self, state: TrainingState, epoch: int) -> None:
@@ -492,8 +547,9 @@ class Trainer:
         logger.warning("Interrupted: saved %s (resume with --resume %s)", self.weights_dir / "last.pt",
                        self.save_dir)
 
-    def _seed_epoch(self, loader, epoch: int) -> None:
-        """Derive every random stream of an epoch from (seed, epoch), so a resumed run replays the same epochs."""
+    def _seed_epoch(self, loader, epoch: int) -> int:
+        """Derive every random stream of an epoch from (seed, epoch), so a resumed run replays the same epochs.
+        Returns the epoch's rank-free seed."""
         epoch_seed = self.options.seed * 100_003 + epoch * 1_009
         seed = epoch_seed + max(self.rank, 0)
         random.seed(seed)
@@ -505,6 +561,7 @@ class Trainer:
         loader.dataset.set_augment_seed(epoch_seed)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
+        return epoch_seed
 
     def _validate(self, model: nn.Module, loader, loss_fn):
         return evaluate(model, loader, self.num_classes, self.names, self.device, loss_fn=loss_fn,
@@ -520,7 +577,8 @@ class Trainer:
             optimizer=state.optimizer.state_dict(), scheduler=state.scheduler.state_dict(), epoch=epoch,
             best_fitness=float(state.best_fitness), hyp=self.hyp, options=asdict(self.options),
             date=datetime.now(timezone.utc).isoformat(),
-            extra={"grad_scaler": state.scaler.state_dict(), "best_epoch": state.stopper.best_epoch, **extra})
+            extra={"grad_scaler": state.scaler.state_dict(), "best_epoch": state.stopper.best_epoch,
+                   "class_maps": None if state.class_maps is None else state.class_maps.tolist(), **extra})
 
     def _save(self, checkpoint: dict, path: Path) -> None:
         from models.weights import save_checkpoint
@@ -528,7 +586,8 @@ class Trainer:
         save_checkpoint(path, checkpoint)
 
     def _append_results(self, path: Path, epoch: int, train_losses: list[float], metrics: dict,
-                        val_losses: list[float], learning_rates: list[float]) -> None:
+                        val_losses: list[float], learning_rates: list[float]) -> dict[str, float]:
+        """Append the epoch's row to results.csv; returns it by column name (without the epoch)."""
         row = [epoch, *train_losses, metrics["precision"], metrics["recall"], metrics["map50"], metrics["map"],
                *val_losses, *learning_rates]
         new = not path.exists()
@@ -537,6 +596,7 @@ class Trainer:
             if new:
                 writer.writerow(RESULT_COLUMNS)
             writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+        return dict(zip(RESULT_COLUMNS[1:], (float(value) for value in row[1:])))
 
     def _finish(self, val_loader, state: TrainingState, epochs_run: int) -> dict:
         from models.weights import load_model
@@ -569,6 +629,23 @@ class Trainer:
         for path in (self.weights_dir / "last.pt", self.weights_dir / "best.pt"):
             if path.is_file():
                 logger.info("Optimizer stripped from %s, %.1f MB", path, strip_training_state(path) / 1e6)
+
+
+def check_flag_combinations(options: TrainOptions, world_size: int) -> None:
+    """Flags that cannot work together are a UsageError before anything starts."""
+    if options.image_weights and options.rect:
+        raise UsageError("--image-weights and --rect cannot be combined: rectangular batches fix the image order")
+    if options.image_weights and world_size > 1:
+        raise UsageError("--image-weights needs a single process (YOLOv5 does not support it under DDP either)")
+
+
+def per_class_maps(result, num_classes: int) -> np.ndarray:
+    """Each class's mAP50-95 in a validation result; classes absent from the val split get the mean (YOLOv5)."""
+    maps = np.full(num_classes, float(result.metrics["map"]))
+    ap_result = result.detection_metrics.result if result.detection_metrics is not None else None
+    if ap_result is not None:
+        maps[np.asarray(ap_result.classes, dtype=int)] = ap_result.ap50_95
+    return maps
 
 
 def gradients_are_finite(model: nn.Module) -> bool:

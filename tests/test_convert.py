@@ -331,3 +331,17 @@ def test_category_ids_reach_the_coco_json(tmp_path):
     bad.write_text("train: images\nval: images\nnames: [x, y]\ncategory_ids: [1]\n")
     with pytest.raises(DatasetError, match="bad.yaml: category_ids must be 2"):
         load_data_config(bad)
+
+
+def test_convert_then_train(generated, tmp_path):
+    """The README's two commands for a COCO-format dataset: convert (each split), then train on the YAML."""
+    from engine.trainer import Trainer, TrainOptions
+
+    for split in ("train", "val"):
+        gt = convert_yolo_to_coco(generated / "data.yaml", split, tmp_path / f"instances_{split}.json")
+        assert main(["coco", str(gt), "--images", str(generated / "images" / split), "--out",
+                     str(tmp_path / "mine"), "--split", split]) == 0
+    summary = Trainer(TrainOptions(data=str(tmp_path / "mine" / "mine.yaml"), cfg="yolov5n.yaml", epochs=1,
+                                   batch_size=4, imgsz=64, device="cpu", workers=0, project=str(tmp_path / "runs"),
+                                   noplots=True, quiet=True, noautoanchor=True, tensorboard=False)).run()
+    assert Path(summary["save_dir"], "weights", "best.pt").is_file() and summary["epochs_run"] == 1

@@ -240,7 +240,7 @@ def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, wi
 
 def _onnx_runner(model: DetectionModel, imgsz: int):
     from engine.backends import OnnxBackend
-    from export import export_onnx
+    from engine.exporters import export_onnx
 
     path = Path(tempfile.mkdtemp(prefix="compare-onnx-")) / "model.onnx"
     export_onnx(model, path, imgsz=imgsz)

@@ -187,7 +187,7 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
         return _checked(run, variant, images)
     if backend == "onnxruntime":
         from engine.backends import OnnxBackend
-        from export import export_onnx
+        from engine.exporters import export_onnx
 
         onnx_rewrites = [name for name in variant.rewrites if DEPLOY_REWRITES[name].for_onnx]
         if variant.level == ALL:

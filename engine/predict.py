@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.augment import PAD_COLOR, letterbox
+from engine.backends import exported_kind, open_exported
 from engine.boxes import xyxy2xywhn
 from engine.dataset import IMAGE_SUFFIXES, read_image
 from engine.torch_utils import select_device
@@ -144,33 +145,37 @@ def check_imgsz(imgsz: int, stride: int) -> int:
 
 def load_detector(weights: str | Path | Sequence[str | Path], device: str | torch.device = "", half: bool = False,
                   imgsz: int = 640, augment: bool = False) -> Detector:
-    """Load .pt weights (our checkpoints or official YOLOv5/YOLOv7 files) or an exported .onnx model.
+    """Load .pt weights (our checkpoints or official YOLOv5/YOLOv7 files) or an exported model: ``.onnx`` (INT8
+    included), ``.torchscript``, or an OpenVINO ``.xml`` / the folder holding it (``engine.backends``).
 
     Several .pt files make an ensemble: their decoded predictions are concatenated before NMS (YOLOv5's
     ``--weights a.pt b.pt``); they must share the class count. PyTorch models are fused and put in eval mode.
-    ``half`` needs CUDA (ignored with a warning elsewhere, and for ONNX, whose precision is fixed at export).
+    ``half`` needs CUDA (ignored with a warning elsewhere, and for exported models, whose precision is fixed at
+    export).
     ``augment`` enables test-time augmentation (PyTorch models only).
     """
     paths = [Path(weights)] if isinstance(weights, (str, os.PathLike)) else [Path(item) for item in weights]
     if not paths:
-        raise UsageError("--weights: give at least one .pt or .onnx file")
+        raise UsageError("--weights: give at least one .pt file or one exported model")
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"--weights: {path} does not exist (downloads are not supported; "
-                                    "give a local .pt or .onnx file)")
-        if path.suffix.lower() not in (".pt", ".pth", ".onnx"):
-            raise UsageError(f"--weights: {path} is neither a PyTorch .pt nor an .onnx file")
+                                    "give a local .pt file or exported model)")
+        if path.suffix.lower() not in (".pt", ".pth") and exported_kind(path) is None:
+            raise UsageError(f"--weights: {path} is neither a PyTorch .pt nor an exported model (.onnx, "
+                             ".torchscript, an OpenVINO .xml or its folder)")
     device = device if isinstance(device, torch.device) else select_device(device)
     if half and device.type != "cuda":
         logger.warning("--half needs a CUDA device; running in float32 on %s", device)
         half = False
-    onnx = [path for path in paths if path.suffix.lower() == ".onnx"]
-    if onnx:
+    exported = [path for path in paths if exported_kind(path) is not None]
+    if exported:
         if len(paths) > 1:
             raise UsageError(f"--weights: an ensemble needs PyTorch .pt files; got {[str(p) for p in paths]}")
         if augment:
-            raise UsageError(f"--augment (test-time augmentation) needs a PyTorch .pt model; {onnx[0]} is ONNX")
-        return _load_onnx(onnx[0], device, half, imgsz)
+            raise UsageError(f"--augment (test-time augmentation) needs a PyTorch .pt model; {exported[0]} is "
+                             f"{exported_kind(exported[0])}")
+        return _load_exported(exported[0], device, half, imgsz)
     return _load_pytorch(paths, device, half, imgsz, augment)
 
 
@@ -200,12 +205,10 @@ def _load_pytorch(paths: list[Path], device: torch.device, half: bool, imgsz: in
                     augment=augment, weights=[str(p) for p in paths])
 
 
-def _load_onnx(path: Path, device: torch.device, half: bool, imgsz: int) -> Detector:
-    from engine.backends import OnnxBackend
-
+def _load_exported(path: Path, device: torch.device, half: bool, imgsz: int) -> Detector:
     if half:
-        logger.warning("--half is ignored for ONNX models: their precision is fixed at export")
-    backend = OnnxBackend(path, device)
+        logger.warning("--half is ignored for exported models: their precision is fixed at export")
+    backend = open_exported(path, device)
     stride = int(backend.stride)
     names = list(backend.names)
     fixed_shape, fixed_batch = _fixed_input(backend)
@@ -219,9 +222,10 @@ def _load_onnx(path: Path, device: torch.device, half: bool, imgsz: int) -> Dete
         imgsz = fixed_shape[0]
     else:
         imgsz = check_imgsz(imgsz, stride)
-    logger.info("Loaded %s with ONNX Runtime (%d classes, stride %d, %s input)", path, len(names), stride,
-                f"fixed {fixed_batch or 'dynamic'}x3x{fixed_shape[0]}x{fixed_shape[1]}" if fixed_shape else "dynamic")
-    return Detector(backend, names, stride, device, imgsz, "onnx", False, fixed_shape, fixed_batch,
+    logger.info("Loaded %s with %s (%d classes, stride %d, %s input%s)", path, backend.kind, len(names), stride,
+                f"fixed {fixed_batch or 'dynamic'}x3x{fixed_shape[0]}x{fixed_shape[1]}" if fixed_shape else "dynamic",
+                ", INT8" if backend.int8 else "")
+    return Detector(backend, names, stride, device, imgsz, backend.kind, False, fixed_shape, fixed_batch,
                     weights=[str(path)])
 
 

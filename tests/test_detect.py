@@ -241,7 +241,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A confident tiny checkpoint and its ONNX exports: dynamic shapes, and a fixed 1 x 3 x 128 x 128 input."""
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     pytest.importorskip("onnxruntime", reason="running ONNX models needs onnxruntime")
-    import export
+    from engine import exporters as export
     torch.manual_seed(1)
     model = DetectionModel("yolov5n.yaml", num_classes=len(NAMES), names=NAMES)
     with torch.no_grad():
@@ -289,3 +289,31 @@ def test_onnx_detections_match_pytorch(exported, media, tmp_path, caplog):
         expected = non_max_suppression(pytorch(images), 0.05, 0.45, max_det=1000)[0]
         scale_boxes(expected[:, :4], images.shape[2:], image.shape[:2], ratio_pad)
         assert_detections_close(expected.numpy(), entry["detections"])
+
+
+@pytest.fixture(scope="module")
+def other_formats(exported, tmp_path_factory) -> dict[str, Path]:
+    """The confident checkpoint as TorchScript and as OpenVINO IR (dynamic shapes, float32)."""
+    pytest.importorskip("openvino", reason="OpenVINO export needs the openvino package")
+    from engine import exporters
+    from models.weights import load_model
+
+    model, _ = load_model(exported[0])
+    folder = tmp_path_factory.mktemp("formats")
+    onnx_path = exporters.export_onnx(model, folder / "tiny.onnx", imgsz=IMGSZ, dynamic=True)
+    return {"torchscript": exporters.export_torchscript(model, folder / "tiny.torchscript", imgsz=IMGSZ),
+            "openvino": exporters.export_openvino(onnx_path, folder / "tiny_openvino_model").parent}
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "openvino"])
+def test_every_exported_format_detects_like_pytorch(exported, other_formats, kind, media, tmp_path):
+    options = dict(source=media, imgsz=IMGSZ, conf_thres=0.05, device="cpu", project=tmp_path / "runs", nosave=True)
+    reference = detect.run(weights=exported[0], **options)
+    assert sum(len(entry["detections"]) for entry in reference["results"]) > 0
+    detector = load_detector(other_formats[kind], "cpu", imgsz=IMGSZ)
+    assert detector.kind == kind and detector.names == NAMES and detector.fixed_shape is None
+    results = detect.run(weights=other_formats[kind], **options)
+    assert len(results["results"]) == len(reference["results"])
+    for expected, actual in zip(reference["results"], results["results"]):
+        assert (expected["path"], expected["frame"]) == (actual["path"], actual["frame"])
+        assert_detections_close(expected["detections"], actual["detections"])

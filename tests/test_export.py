@@ -13,6 +13,7 @@ onnx = pytest.importorskip("onnx", reason="the ONNX extras are optional")
 pytest.importorskip("onnxruntime", reason="the ONNX extras are optional")
 
 import export  # noqa: E402
+from engine import exporters  # noqa: E402
 from engine.backends import MissingDependencyError, OnnxBackend  # noqa: E402
 from models.parse import CFG_DIR  # noqa: E402
 from models.weights import build_checkpoint, save_checkpoint  # noqa: E402
@@ -43,22 +44,22 @@ def op_types(path: Path) -> list[str]:
 @pytest.mark.parametrize("cfg", CASES)
 def test_every_config_exports_and_onnxruntime_matches_pytorch(cfg, tmp_path):
     model = model_with_statistics(cfg)
-    path = export.export_onnx(model, tmp_path / "model.onnx", imgsz=64)
+    path = exporters.export_onnx(model, tmp_path / "model.onnx", imgsz=64)
     images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(images)[0]  # the unfused model: fusing and the deploy rewrites are checked too
     output = OnnxBackend(path)(images)
     assert output.shape == reference.shape
     assert torch.allclose(output, reference, atol=1e-3, rtol=1e-4), (output - reference).abs().max()
-    assert export.compare_with_pytorch(model, path, images) < 1e-3
+    assert exporters.compare_with_pytorch(model, path, images) < 1e-3
     # The optimised graph has no channel shuffles left: only Detect's 3 output permutes are transposes.
     assert op_types(path).count("Transpose") == 3
 
 
 def test_optimize_removes_the_shuffle_transposes(tmp_path):
     model = model_with_statistics("yolov5n-slimneck.yaml")
-    plain = export.export_onnx(model, tmp_path / "plain.onnx", imgsz=64, optimize=False)
-    optimized = export.export_onnx(model, tmp_path / "optimized.onnx", imgsz=64)
+    plain = exporters.export_onnx(model, tmp_path / "plain.onnx", imgsz=64, optimize=False)
+    optimized = exporters.export_onnx(model, tmp_path / "optimized.onnx", imgsz=64)
     assert op_types(plain).count("Transpose") == 3 + 12
     assert op_types(optimized).count("Transpose") == 3
     images = torch.rand(2, 3, 64, 64)
@@ -68,7 +69,7 @@ def test_optimize_removes_the_shuffle_transposes(tmp_path):
 
 def test_metadata_round_trips_through_the_backend(tmp_path):
     model = DetectionModel("yolov5n-slimneck.yaml", num_classes=2, names=["cat", "dog"])
-    path = export.export_onnx(model, tmp_path / "model.onnx", imgsz=[64, 96], batch_size=2)
+    path = exporters.export_onnx(model, tmp_path / "model.onnx", imgsz=[64, 96], batch_size=2)
     backend = OnnxBackend(path)
     assert backend.stride == 32 and backend.strides == [8, 16, 32]
     assert backend.names == ["cat", "dog"] and backend.num_classes == 2
@@ -84,7 +85,7 @@ def test_metadata_round_trips_through_the_backend(tmp_path):
 
 def test_dynamic_export_runs_other_sizes(tmp_path):
     model = model_with_statistics("yolov7-tiny-slimneck.yaml")
-    path = export.export_onnx(model, tmp_path / "dynamic.onnx", imgsz=64, dynamic=True)
+    path = exporters.export_onnx(model, tmp_path / "dynamic.onnx", imgsz=64, dynamic=True)
     backend = OnnxBackend(path)
     assert backend.fixed_shape is None and backend.batch_size is None
     for shape in [(1, 3, 64, 64), (3, 3, 96, 128)]:
@@ -97,16 +98,16 @@ def test_dynamic_export_runs_other_sizes(tmp_path):
 def test_export_rejects_bad_settings(tmp_path):
     model = DetectionModel("yolov5n.yaml", num_classes=2)
     with pytest.raises(ValueError, match="CUDA"):
-        export.export_onnx(model, tmp_path / "half.onnx", imgsz=64, half=True)
+        exporters.export_onnx(model, tmp_path / "half.onnx", imgsz=64, half=True)
     with pytest.raises(ValueError, match="multiple of the model's max stride 32"):
-        export.export_onnx(model, tmp_path / "odd.onnx", imgsz=65)
+        exporters.export_onnx(model, tmp_path / "odd.onnx", imgsz=65)
     assert not list(tmp_path.iterdir())
 
 
 def test_missing_onnx_gives_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
     with pytest.raises(MissingDependencyError, match="pip install onnx"):
-        export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
+        exporters.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
     assert export.main(["--cfg", "yolov5n.yaml", "--imgsz", "64", "--output", str(tmp_path / "m.onnx")]) == 2
     assert not (tmp_path / "m.onnx").exists()
 
@@ -114,14 +115,14 @@ def test_missing_onnx_gives_a_clear_error(monkeypatch, tmp_path):
 def test_simplify_without_a_simplifier_warns_and_keeps_the_graph(monkeypatch, tmp_path, caplog):
     monkeypatch.setitem(sys.modules, "onnxslim", None)
     monkeypatch.setitem(sys.modules, "onnxsim", None)
-    path = export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64,
+    path = exporters.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64,
                               simplify=True)
     assert "--simplify needs onnxslim or onnxsim" in caplog.text
     assert OnnxBackend(path)(torch.rand(1, 3, 64, 64)).shape == (1, 252, 7)
 
 
 def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, tmp_path):
-    path = export.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
+    path = exporters.export_onnx(DetectionModel("yolov5n.yaml", num_classes=2), tmp_path / "m.onnx", imgsz=64)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
         OnnxBackend(path)
@@ -148,7 +149,7 @@ def test_export_cli_end_to_end(tmp_path):
                             check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "folded 12 of 12" in result.stderr
-    difference = float(result.stderr.split("max abs difference ")[1].split()[0])
+    difference = float(result.stderr.split("max abs difference from PyTorch ")[1].split()[0])
     assert difference < 1e-3
     backend = OnnxBackend(output)
     assert backend.num_classes == 4 and backend.fixed_shape == (1, 3, 64, 64)
@@ -179,3 +180,43 @@ def test_export_from_a_checkpoint(tmp_path):
     with torch.no_grad():
         reference = model(images)[0]
     assert torch.allclose(backend(images), reference, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n-slimneck.yaml", "yolov7-tiny-slimneck.yaml"])
+def test_torchscript_and_openvino_match_pytorch(cfg, tmp_path):
+    """Both formats carry the metadata and give PyTorch's decoded output within 1e-3 (pixels and scores), at the
+    export size and, exported dynamic, at another batch and size."""
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    from engine.backends import OpenVinoBackend, TorchScriptBackend, open_exported
+
+    model = model_with_statistics(cfg, num_classes=3)
+    model.names = ["x", "y", "z"]
+    script = exporters.export_torchscript(model, tmp_path / "m.torchscript", imgsz=64)
+    fixed_xml = exporters.export_openvino(exporters.export_onnx(model, tmp_path / "fixed.onnx", imgsz=64),
+                                          tmp_path / "fixed_openvino_model")
+    dynamic_xml = exporters.export_openvino(exporters.export_onnx(model, tmp_path / "dyn.onnx", imgsz=64,
+                                                                  dynamic=True), tmp_path / "dyn_openvino_model")
+    torchscript, fixed, dynamic = (open_exported(path) for path in (script, fixed_xml, dynamic_xml.parent))
+    assert isinstance(torchscript, TorchScriptBackend) and isinstance(fixed, OpenVinoBackend)
+    assert fixed.fixed_shape == (1, 3, 64, 64) and dynamic.fixed_shape is None and torchscript.fixed_shape is None
+    for backend in (torchscript, fixed, dynamic):
+        assert backend.names == ["x", "y", "z"] and backend.stride == 32 and backend.imgsz == [64, 64]
+        assert not backend.int8
+    for shape, backends in (((1, 3, 64, 64), (torchscript, fixed, dynamic)), ((2, 3, 96, 64), (torchscript, dynamic))):
+        images = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            reference = exporters.prepare_model(model, optimize=False)(images)[0]
+        for backend in backends:
+            assert (backend(images) - reference).abs().max() < 1e-3, (backend, shape)
+
+
+def test_export_cli_writes_every_format(tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    output = tmp_path / "slim.onnx"
+    assert export.main(["--cfg", "yolov5n-slimneck.yaml", "--include", "torchscript", "openvino", "--imgsz", "64",
+                        "--nc", "2", "--output", str(output)]) == 0
+    assert (tmp_path / "slim.torchscript").is_file()
+    assert (tmp_path / "slim_openvino_model" / "slim.xml").is_file()
+    assert (tmp_path / "slim_openvino_model" / "slim.bin").is_file()
+    assert output.is_file()  # the ONNX graph the IR is converted from stays next to it
+    assert export.main(["--cfg", "yolov5n.yaml", "--int8", "--output", str(tmp_path / "q.onnx")]) == 2

@@ -326,7 +326,7 @@ def onnx_models(checkpoint, tmp_path_factory) -> tuple[Path, Path]:
     """The test checkpoint exported with dynamic shapes and with a fixed 4 x 3 x 128 x 128 input."""
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     pytest.importorskip("onnxruntime", reason="running ONNX models needs onnxruntime")
-    import export
+    from engine import exporters as export
     model, _ = load_model(checkpoint)
     folder = tmp_path_factory.mktemp("onnx")
     return (export.export_onnx(model, folder / "dynamic.onnx", imgsz=IMGSZ, dynamic=True),

@@ -1,7 +1,8 @@
 """CPU latency of a baseline detector and its slim-neck version, with and without the deploy rewrites.
 
     python benchmarks/latency.py --pair yolov5s [--imgsz 640] [--batch 1 8] [--threads 2] [--runs 30]
-                                 [--backends eager channels_last compile torchscript onnxruntime] [--profile]
+                                 [--backends eager channels_last compile torchscript onnxruntime
+                                  onnxruntime-int8 openvino openvino-int8] [--profile]
                                  [--glibc-malloc]
     python benchmarks/latency.py --cfgs yolov7-tiny.yaml yolov7-tiny-slimneck.yaml --batch 1
 
@@ -18,7 +19,11 @@ format), ``compile`` (``torch.compile``, default inductor backend, channels_last
 (``torch.jit.trace`` + ``freeze`` with oneDNN Graph fusion enabled, channels_last: deprecated in PyTorch 2.x,
 but the one PyTorch path here that fuses convs with their activations and adds) and ``onnxruntime`` (the model
 as export.py writes it, which keeps only the rewrites marked ``for_onnx``; intra-op threads = ``--threads``,
-sequential execution, idle workers do not spin). ``compile`` and ``torchscript`` build only the "fused" and
+sequential execution, idle workers do not spin), ``openvino`` (that graph converted to OpenVINO IR, fp32
+inference precision, ``--threads`` inference threads), ``openvino-int8`` (the IR quantized by NNCF as
+``export.py --int8`` does it) and ``onnxruntime-int8`` (ONNX Runtime's static QDQ quantization of the convs, the
+alternative to NNCF; measured to choose between them). The INT8 rows are calibrated on random images (timing only;
+their accuracy is measured on trained models with val.py) and measured only for the "all rewrites" row. ``compile`` and ``torchscript`` build only the "fused" and
 "all rewrites" rows (building is slow); a backend that fails for a row is reported, not fatal. Each backend's
 output is checked against eager PyTorch.
 
@@ -69,7 +74,11 @@ PAIRS = {"yolov5n": ("yolov5n.yaml", "yolov5n-slimneck.yaml"), "yolov5s": ("yolo
          "yolov5x": ("yolov5x.yaml", "yolov5x-slimneck.yaml"),
          "yolov7-tiny": ("yolov7-tiny.yaml", "yolov7-tiny-slimneck.yaml"),
          "yolov7": ("yolov7.yaml", "yolov7-slimneck.yaml")}
-BACKENDS = ("eager", "channels_last", "compile", "torchscript", "onnxruntime")
+BACKENDS = ("eager", "channels_last", "compile", "torchscript", "onnxruntime", "onnxruntime-int8", "openvino",
+            "openvino-int8")
+INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8")
+EXPORTED_ONLY = ("openvino",) + INT8_BACKENDS  # deploy form only: measured on the "all rewrites" row
+CALIBRATION_IMAGES = 32  # random images: a randomly initialised model's INT8 ranges, for timing only
 FUSED, ALL = "fused", "all rewrites"
 
 
@@ -185,6 +194,8 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
             with torch.no_grad():
                 return scripted(inputs)
         return _checked(run, variant, images)
+    if backend in EXPORTED_ONLY:
+        return _exported_runner(backend, variant, images, threads, workdir)
     if backend == "onnxruntime":
         from engine.backends import OnnxBackend
         from engine.exporters import export_onnx
@@ -205,6 +216,56 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
+def _exported_runner(backend: str, variant: Variant, images: torch.Tensor, threads: int, workdir: Path
+                     ) -> Callable[[], object] | None:
+    """OpenVINO fp32 / INT8 (NNCF, as export.py --int8 writes it) or ONNX Runtime INT8 (static QDQ quantization of
+    the convs, per-channel weights) of the deploy form (the graph export.py writes), fixed input shape. INT8 outputs
+    are not checked against eager PyTorch: quantized outputs differ by design (their accuracy is measured with
+    val.py on trained models)."""
+    from engine.backends import OnnxBackend, OpenVinoBackend
+    from engine.exporters import export_onnx, export_openvino
+
+    if variant.level != ALL:
+        return None
+    onnx_rewrites = [name for name in variant.rewrites if DEPLOY_REWRITES[name].for_onnx]
+    model = apply_rewrites(variant.fused, onnx_rewrites)[0]
+    stem = f"{variant.model_name}_{images.shape[0]}_{backend}"
+    path = export_onnx(model, workdir / f"{stem}.onnx", list(images.shape[-2:]), images.shape[0], optimize=False)
+    calibration = torch.rand(CALIBRATION_IMAGES, *images.shape[1:], generator=torch.Generator().manual_seed(1))
+    if backend == "onnxruntime-int8":
+        session = OnnxBackend(_onnxruntime_int8(path, calibration), "cpu", threads=threads, spin=False).session
+        feed = {session.get_inputs()[0].name: images.numpy()}
+        return lambda: session.run(None, feed)
+    xml = export_openvino(path, workdir / stem, int8_calibration=calibration if backend in INT8_BACKENDS else None)
+    model = OpenVinoBackend(xml, threads=threads)
+    run = lambda: model.compiled(images.numpy())  # noqa: E731
+    return run if backend in INT8_BACKENDS else _checked(lambda: torch.from_numpy(run()[0]), variant, images)
+
+
+def _onnxruntime_int8(path: Path, calibration: torch.Tensor) -> Path:
+    """ONNX Runtime's static quantization (QDQ, uint8 activations, int8 per-channel weights) of the convs only, so
+    the head's decoding stays in float, as in export.py's NNCF quantization."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"images": image[None].numpy()} for image in calibration])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    import onnx
+
+    output = path.with_name(path.stem + "_int8.onnx")
+    quantize_static(str(path), str(output), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+    quantized = onnx.load(str(output))
+    if not quantized.metadata_props:  # keep export.py's metadata, which OnnxBackend reads
+        quantized.metadata_props.extend(onnx.load(str(path)).metadata_props)
+        onnx.save(quantized, str(output))
+    return output
+
+
 def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgsz: int, threads: int, rounds: int,
                   warmup: int, workdir: Path) -> tuple[dict[tuple[str, str], Timing], dict[str, float]]:
     """Time every (backend, variant) for one batch size; returns ({(backend, label): Timing}, {backend: minor page
@@ -216,7 +277,7 @@ def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgs
         runners = {}
         for variant in variants:
             key = (backend, variant.label)
-            if backend in ("compile", "torchscript") and variant.detailed:
+            if backend in ("compile", "torchscript", *EXPORTED_ONLY) and variant.detailed:
                 continue
             try:
                 runner = make_runner(backend, variant, images, threads, workdir)

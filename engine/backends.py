@@ -55,8 +55,20 @@ REQUIRED_METADATA = ("stride", "names", "imgsz")
 EXPORTED_SUFFIXES = (".onnx", ".torchscript", ".xml")
 
 
+def decline_openvino_telemetry() -> None:
+    """OpenVINO's model converter and NNCF send usage telemetry (Google Analytics) unless the user has opted out with
+    ``opt_in_out --opt_out``. This project uses no network at run time, so its processes answer their consent check
+    with "declined" before either is imported: nothing is sent and nothing is written to ~/intel."""
+    try:
+        from openvino_telemetry.utils import opt_in_checker
+    except ImportError:
+        return
+    opt_in_checker.OptInChecker.check = lambda self, *args, **kwargs: opt_in_checker.ConsentCheckResult.DECLINED
+
+
 def require_openvino():
-    """Import ``openvino`` or raise a MissingDependencyError that says how to install it."""
+    """Import ``openvino`` (telemetry declined) or raise a MissingDependencyError that says how to install it."""
+    decline_openvino_telemetry()
     try:
         import openvino
     except ImportError as error:

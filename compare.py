@@ -9,8 +9,9 @@ changes initialisation, augmentation and data order), in ``runs/compare/<name>/<
 comparison resumes and skips finished runs. A run is validated once, after its last epoch (``--noval``; last.pt is
 scored): picking the best epoch by validation mAP would select on the very images the comparison then scores. The
 first seed's models are timed side by side at batch 1 in their deploy form (PyTorch: fused +
-``models.deploy.optimize_for_inference``, channels_last; ONNX Runtime on the graph export.py writes, when installed),
-interleaved round by round.
+``models.deploy.optimize_for_inference``, channels_last; ONNX Runtime, OpenVINO and OpenVINO INT8 on the graph
+export.py writes, each when installed), interleaved round by round. The INT8 model (NNCF, calibrated on --data train
+images as ``export.py --int8``) is also validated, so the table shows what quantizing costs in mAP.
 
 The table shows mAP as mean ± standard deviation over seeds (with one seed: the value and its bootstrap interval),
 and under it one verdict line per config against the baseline (the first): the mean paired difference over seeds
@@ -45,7 +46,8 @@ from models.yolo import DetectionModel, count_gflops, count_parameters
 
 logger = logging.getLogger("compare")
 METRICS = (("map50", "mAP50"), ("map", "mAP50-95"))
-BACKENDS = (("torch", "torch"), ("onnx", "onnxruntime"))
+BACKENDS = (("torch", "torch"), ("onnx", "onnxruntime"), ("openvino", "openvino"), ("openvino-int8", "openvino INT8"))
+EXPORTED = ("onnx", "openvino", "openvino-int8")  # timed on the graph export.py writes (fixed 1x3xHxW input)
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Entry:
     gflops: float = 0.0
     runs: list[SeedRun] = field(default_factory=list)
     latency: dict = field(default_factory=dict)  # backend -> seconds per timing round
+    int8: dict | None = None  # the first seed's model as INT8 OpenVINO IR: its map50 and map on the val set
+    weights: Path | None = None  # the first seed's checkpoint (None for a bare config)
 
     def metric(self, name: str) -> list[float]:
         return [getattr(run, name) for run in self.runs]
@@ -187,18 +191,17 @@ def validate(weights: Path, options: argparse.Namespace) -> tuple[dict, list]:
     """mAP of ``weights`` on the --data validation set, and the per-image matches for the bootstrap."""
     from engine.dataloader import create_dataloader
     from engine.dataset import load_data_config
+    from engine.predict import load_detector
     from engine.validate import evaluate
-    from models.weights import load_model
 
-    model, _ = load_model(weights, fuse=True)
+    detector = load_detector(weights, "cpu", imgsz=options.imgsz)  # a .pt file or an exported model
     data = load_data_config(options.data)
-    if model.num_classes != data["nc"]:
-        raise UsageError(f"{weights} predicts {model.num_classes} classes but {options.data} has {data['nc']}")
-    stride = max(int(model.stride.max()), 32)
-    loader, _ = create_dataloader(data["val"], options.imgsz, options.batch_size * 2, stride, rect=True, pad=0.5,
-                                  workers=options.workers, num_classes=data["nc"], prefix="val: ")
-    result = evaluate(model, loader, model.num_classes, model.names, torch.device("cpu"), progress=not options.quiet,
-                      desc=Path(weights).parent.parent.name)
+    if detector.num_classes != data["nc"]:
+        raise UsageError(f"{weights} predicts {detector.num_classes} classes but {options.data} has {data['nc']}")
+    loader, _ = create_dataloader(data["val"], detector.imgsz, options.batch_size * 2, detector.stride, rect=True,
+                                  pad=0.5, workers=options.workers, num_classes=data["nc"], prefix="val: ")
+    result = evaluate(detector, loader, detector.num_classes, detector.names, torch.device("cpu"),
+                      progress=not options.quiet, desc=Path(weights).parent.parent.name)
     return result.metrics, result.detection_metrics.image_stats()
 
 
@@ -220,15 +223,20 @@ def add_bootstrap_intervals(entries: list[Entry], num_classes: int, resamples: i
 
 # ---------------------------------------------------------------------------------------------- latency
 
-def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, with_onnx: bool) -> None:
-    """Batch-1 latency rounds per model and backend, the models of one backend interleaved run by run."""
+def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, backends: list[str],
+                    calibration: torch.Tensor | None = None) -> None:
+    """Batch-1 latency rounds per model and backend (``backends``: names in BACKENDS), the models of one backend
+    interleaved run by run. ``calibration`` images calibrate the INT8 model (random images when None)."""
     image = torch.rand(1, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
-    runners: dict[str, dict] = {"torch": {}, "onnx": {}}
+    runners: dict[str, dict] = {backend: {} for backend in backends}
+    workdir = Path(tempfile.mkdtemp(prefix="compare-exported-"))
     for index, entry in enumerate(entries):
-        model = optimize_for_inference(entry.model).to(memory_format=torch.channels_last)
-        runners["torch"][index] = lambda m=model: m(image)
-        if with_onnx:
-            runners["onnx"][index] = _onnx_runner(entry.model, imgsz)
+        if "torch" in runners:
+            model = optimize_for_inference(entry.model).to(memory_format=torch.channels_last)
+            runners["torch"][index] = lambda m=model: m(image)
+        onnx_path = workdir / f"model{index}.onnx"
+        for backend in set(backends) & set(EXPORTED):
+            runners[backend][index] = _exported_runner(backend, entry.model, imgsz, onnx_path, calibration)
     for backend, functions in runners.items():
         if not functions:
             continue
@@ -238,24 +246,56 @@ def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, wi
             entries[index].latency[backend] = samples
 
 
-def _onnx_runner(model: DetectionModel, imgsz: int):
-    from engine.backends import OnnxBackend
-    from engine.exporters import export_onnx
+def _exported_runner(backend: str, model: DetectionModel, imgsz: int, onnx_path: Path,
+                     calibration: torch.Tensor | None):
+    """One batch-1 forward of ``model`` exported for ``backend``, as a no-argument callable."""
+    from engine.backends import OnnxBackend, OpenVinoBackend
+    from engine.exporters import export_onnx, export_openvino
 
-    path = Path(tempfile.mkdtemp(prefix="compare-onnx-")) / "model.onnx"
-    export_onnx(model, path, imgsz=imgsz)
-    session = OnnxBackend(path, "cpu", threads=torch.get_num_threads()).session
-    feed = {session.get_inputs()[0].name: torch.rand(1, 3, imgsz, imgsz).numpy()}
-    return lambda: session.run(None, feed)
+    if not onnx_path.is_file():
+        export_onnx(model, onnx_path, imgsz=imgsz)
+    feed = torch.rand(1, 3, imgsz, imgsz).numpy()
+    threads = torch.get_num_threads()
+    if backend == "onnx":
+        session = OnnxBackend(onnx_path, "cpu", threads=threads).session
+        return lambda: session.run(None, {session.get_inputs()[0].name: feed})
+    if backend == "openvino-int8" and calibration is None:
+        calibration = torch.rand(32, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    xml = export_openvino(onnx_path, onnx_path.with_name(f"{onnx_path.stem}_{backend}"),
+                          int8_calibration=calibration if backend == "openvino-int8" else None)
+    compiled = OpenVinoBackend(xml, threads=threads).compiled
+    return lambda: compiled(feed)
 
 
-def onnx_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def installed_backends() -> list[str]:
+    """torch, and each exported backend whose packages are installed (onnx + onnxruntime; openvino; nncf)."""
+    import importlib.util
+
+    have = {name: importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "openvino", "nncf")}
+    backends = ["torch"]
+    if have["onnx"] and have["onnxruntime"]:
+        backends.append("onnx")
+    if have["onnx"] and have["openvino"]:
+        backends.append("openvino")
+        if have["nncf"]:
+            backends.append("openvino-int8")
+    return backends
+
+
+def int8_metrics(entry: Entry, weights: Path, options: argparse.Namespace, calibration: torch.Tensor,
+                 workdir: Path) -> None:
+    """Export ``weights`` (the first seed's model) as INT8 OpenVINO IR with dynamic shapes and validate it."""
+    from engine.exporters import export_onnx, export_openvino
+    from models.weights import load_model
+
+    model, _ = load_model(weights)
+    onnx_path = export_onnx(model, workdir / f"{Path(entry.label).stem}_dynamic.onnx", imgsz=options.imgsz,
+                            dynamic=True)
+    xml = export_openvino(onnx_path, workdir / f"{Path(entry.label).stem}_int8", int8_calibration=calibration)
+    metrics, _ = validate(xml, options)
+    entry.int8 = {"map50": metrics["map50"], "map": metrics["map"]}
+    logger.info("%s INT8 (OpenVINO, NNCF): mAP50 %.4f, mAP50-95 %.4f (fp32: %.4f, %.4f)", entry.label,
+                metrics["map50"], metrics["map"], entry.runs[0].map50, entry.runs[0].map)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -280,13 +320,14 @@ def metric_cell(entry: Entry, name: str) -> str:
 
 
 def format_table(entries: list[Entry]) -> str:
-    columns = ["config", "params (M)", "GFLOPs", "mAP50", "mAP50-95", "latency ms (torch)",
-               "latency ms (onnxruntime)", "train img/s"]
+    columns = ["config", "params (M)", "GFLOPs", "mAP50", "mAP50-95", "mAP50-95 INT8",
+               *[f"latency ms ({label})" for _, label in BACKENDS], "train img/s"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for entry in entries:
         speeds = [s for s in entry.metric("train_speed") if s]
         cells = [entry.label, f"{entry.params / 1e6:.4g}", f"{entry.gflops:.4g}",
-                 metric_cell(entry, "map50"), metric_cell(entry, "map")]
+                 metric_cell(entry, "map50"), metric_cell(entry, "map"),
+                 f"{entry.int8['map']:.4f}" if entry.int8 else "-"]
         cells += [f"{entry.latency_ms(backend):.4g}" if entry.latency_ms(backend) else "-" for backend, _ in BACKENDS]
         cells.append(f"{np.mean(speeds):.3g}" if speeds else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -334,8 +375,8 @@ def write_outputs(entries: list[Entry], lines: list[str], report: dict, save_dir
     with (save_dir / "compare.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["config", "seed", "params", "GFLOPs", "mAP50", "mAP50 low", "mAP50 high", "mAP50-95",
-                         "mAP50-95 low", "mAP50-95 high", "train img/s", "latency ms (torch)",
-                         "latency ms (onnxruntime)"])
+                         "mAP50-95 low", "mAP50-95 high", "train img/s",
+                         *[f"latency ms ({label})" for _, label in BACKENDS], "INT8 mAP50", "INT8 mAP50-95"])
         for entry in entries:
             for run in entry.runs or [None]:
                 cells = [entry.label, "" if run is None else run.seed, entry.params, entry.gflops]
@@ -345,13 +386,15 @@ def write_outputs(entries: list[Entry], lines: list[str], report: dict, save_dir
                               "" if interval is None else interval.high]
                 cells.append("" if run is None or run.train_speed is None else run.train_speed)
                 cells += ["" if entry.latency_ms(b) is None else entry.latency_ms(b) for b, _ in BACKENDS]
+                first = run is None or run is entry.runs[0]
+                cells += [entry.int8[key] if entry.int8 and first else "" for key in ("map50", "map")]
                 writer.writerow(cells)
     payload = {"configs": [{"config": entry.label, "params": entry.params, "gflops": entry.gflops,
                             "runs": [{"seed": run.seed, "map50": run.map50, "map": run.map,
                                       "train_images_per_second": run.train_speed,
                                       "bootstrap": {k: v.as_dict() for k, v in run.interval.items()}}
                                      for run in entry.runs],
-                            "latency_rounds_s": entry.latency} for entry in entries],
+                            "latency_rounds_s": entry.latency, "int8_first_seed": entry.int8} for entry in entries],
                "against_baseline": report, "verdicts": lines}
     (save_dir / "compare.json").write_text(json.dumps(payload, indent=2, allow_nan=True))
     (save_dir / "compare.md").write_text(table + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
@@ -417,7 +460,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--latency-warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the latency measurement")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
+    parser.add_argument("--no-onnx", action="store_true", help="time PyTorch only (no ONNX Runtime / OpenVINO)")
+    parser.add_argument("--no-int8", action="store_true", help="no INT8 model (its latency and mAP)")
+    parser.add_argument("--calibration-images", type=int, default=300, help="INT8 calibration images (--data train)")
     parser.add_argument("--noplots", action="store_true", help="no training plots")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     options = parser.parse_args(argv)
@@ -437,7 +482,7 @@ def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
         for source in options.weights or options.cfgs:
             if options.weights:
                 model, _ = load_model(source)
-                entry = Entry(Path(source).name, model.eval())
+                entry = Entry(Path(source).name, model.eval(), weights=Path(source))
                 map_values, stats = validate(Path(source), options)
                 entry.runs.append(SeedRun(None, map_values["map50"], map_values["map"], image_stats=stats))
             else:
@@ -453,7 +498,7 @@ def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
             final = run_dir / "weights" / "last.pt"  # the model after the last epoch (no selection on val)
             map_values, stats = validate(final, options)
             if entry is None:  # the first seed's weights stand for the config in size and latency
-                entry = Entry(Path(cfg).name, load_model(final)[0])
+                entry = Entry(Path(cfg).name, load_model(final)[0], weights=final)
             entry.runs.append(SeedRun(seed, map_values["map50"], map_values["map"],
                                       summary.get("train_images_per_second"), stats))
         entries.append(entry)
@@ -474,10 +519,23 @@ def run(options: argparse.Namespace) -> list[Entry]:
         entry.model = entry.model.cpu().float().fuse().eval()
     if options.threads:
         torch.set_num_threads(options.threads)
-    with_onnx = not options.no_onnx and onnx_available()
-    if not with_onnx and not options.no_onnx:
-        logger.warning("onnx/onnxruntime not installed: no ONNX Runtime latency (pip install -r requirements-dev.txt)")
-    measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, with_onnx)
+    backends = ["torch"] if options.no_onnx else installed_backends()
+    if options.no_int8:
+        backends = [backend for backend in backends if backend != "openvino-int8"]
+    missing = [label for backend, label in BACKENDS if backend not in backends]
+    if missing and not options.no_onnx:
+        logger.warning("not timed (package not installed or switched off): %s (pip install -r requirements-dev.txt)",
+                       ", ".join(missing))
+    calibration = None
+    if "openvino-int8" in backends and options.data and entries[0].runs:
+        from engine.exporters import calibration_images
+
+        calibration = calibration_images(options.data, options.calibration_images, options.imgsz,
+                                         max(int(entries[0].model.stride.max()), 32))
+        workdir = Path(tempfile.mkdtemp(prefix="compare-int8-"))
+        for entry in entries:
+            int8_metrics(entry, entry.weights, options, calibration, workdir)
+    measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, backends, calibration)
     lines, report = verdicts(entries, differences)
     table = format_table(entries)
     write_outputs(entries, lines, report, save_dir, table)

@@ -35,7 +35,8 @@ def run_command(action: Callable[[], object]) -> int:
 def add_inference_arguments(parser: argparse.ArgumentParser, conf_thres: float, iou_thres: float,
                             max_det: int) -> None:
     """The flags val.py and detect.py share (YOLOv5 names); the thresholds' defaults differ between the two."""
-    parser.add_argument("--weights", nargs="+", required=True, help=".pt checkpoint(s) or one .onnx model")
+    parser.add_argument("--weights", nargs="+", required=True, help=".pt checkpoint(s), or one exported model: .onnx, .torchscript (a program: "
+                        "trusted files only), an OpenVINO .xml or its folder")
     parser.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     parser.add_argument("--conf-thres", type=float, default=conf_thres, help="confidence threshold")
     parser.add_argument("--iou-thres", type=float, default=iou_thres, help="NMS IoU threshold")

@@ -220,3 +220,46 @@ def test_export_cli_writes_every_format(tmp_path):
     assert (tmp_path / "slim_openvino_model" / "slim.bin").is_file()
     assert output.is_file()  # the ONNX graph the IR is converted from stays next to it
     assert export.main(["--cfg", "yolov5n.yaml", "--int8", "--output", str(tmp_path / "q.onnx")]) == 2
+
+
+@pytest.mark.slow
+def test_int8_openvino_keeps_the_map_of_a_trained_model(tmp_path):
+    """INT8 is judged by mAP, not element-wise: a yolov5n fitted to 16 blocks images (its val set is those images, so
+    a few hundred steps reach a usable mAP) keeps its mAP50-95 within 0.02 after NNCF quantization on them."""
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    pytest.importorskip("nncf", reason="INT8 export needs nncf")
+    from data.blocks import generate_dataset
+    from engine.trainer import Trainer, TrainOptions
+
+    root = generate_dataset(tmp_path / "blocks", num_train=16, num_val=4, seed=2)
+    data = tmp_path / "fit.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames: [rectangle, ring, triangle]\n")
+    summary = Trainer(TrainOptions(data=str(data), cfg="yolov5n.yaml", epochs=60, batch_size=16, imgsz=96,
+                                   device="cpu", workers=0, project=str(tmp_path / "runs"), noplots=True, quiet=True,
+                                   noval=True, tensorboard=False, hyp="hyp.scratch-low.yaml")).run()
+    weights = Path(summary["save_dir"]) / "weights" / "last.pt"
+    assert export.main(["--weights", str(weights), "--include", "openvino", "--int8", "--data", str(data),
+                        "--imgsz", "96", "--dynamic", "--calibration-images", "16"]) == 0
+    int8 = weights.parent / "last_int8_openvino_model"
+    import val
+
+    fp32 = val.run(data=str(data), weights=[str(weights)], imgsz=96, batch_size=16, device="cpu", noplots=True,
+                   project=str(tmp_path / "val"), progress=False)
+    quantized = val.run(data=str(data), weights=[str(int8)], imgsz=96, batch_size=16, device="cpu", noplots=True,
+                        project=str(tmp_path / "val"), progress=False)
+    assert fp32["map"] > 0.2, fp32["map"]
+    assert abs(quantized["map"] - fp32["map"]) < 0.02, (fp32["map"], quantized["map"])
+
+
+def test_openvino_telemetry_is_declined(tmp_path, monkeypatch):
+    """No network at run time: OpenVINO's converter would send usage telemetry unless declined."""
+    pytest.importorskip("openvino", reason="OpenVINO is optional")
+    telemetry = pytest.importorskip("openvino_telemetry.utils.opt_in_checker")
+    from engine.backends import require_openvino
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # where the consent and client-id files would go
+    require_openvino()
+    assert telemetry.OptInChecker().check(False, False) == telemetry.ConsentCheckResult.DECLINED
+    model = DetectionModel("yolov5n.yaml", num_classes=2)
+    exporters.export_openvino(exporters.export_onnx(model, tmp_path / "m.onnx", imgsz=64), tmp_path / "ov")
+    assert not (tmp_path / "intel").exists()

@@ -188,20 +188,12 @@ def train_all(jobs: list[tuple[str, int, Path]], options: argparse.Namespace, ru
 
 
 def validate(weights: Path, options: argparse.Namespace) -> tuple[dict, list]:
-    """mAP of ``weights`` on the --data validation set, and the per-image matches for the bootstrap."""
-    from engine.dataloader import create_dataloader
-    from engine.dataset import load_data_config
-    from engine.predict import load_detector
-    from engine.validate import evaluate
+    """mAP of ``weights`` (a .pt file or an exported model) on the --data validation set, and the per-image matches
+    for the bootstrap."""
+    from engine.validate import validate_weights
 
-    detector = load_detector(weights, "cpu", imgsz=options.imgsz)  # a .pt file or an exported model
-    data = load_data_config(options.data)
-    if detector.num_classes != data["nc"]:
-        raise UsageError(f"{weights} predicts {detector.num_classes} classes but {options.data} has {data['nc']}")
-    loader, _ = create_dataloader(data["val"], detector.imgsz, options.batch_size * 2, detector.stride, rect=True,
-                                  pad=0.5, workers=options.workers, num_classes=data["nc"], prefix="val: ")
-    result = evaluate(detector, loader, detector.num_classes, detector.names, torch.device("cpu"),
-                      progress=not options.quiet, desc=Path(weights).parent.parent.name)
+    result = validate_weights(weights, options.data, options.imgsz, options.batch_size * 2, options.workers,
+                              progress=not options.quiet)
     return result.metrics, result.detection_metrics.image_stats()
 
 
@@ -282,16 +274,15 @@ def installed_backends() -> list[str]:
     return backends
 
 
-def int8_metrics(entry: Entry, weights: Path, options: argparse.Namespace, calibration: torch.Tensor,
-                 workdir: Path) -> None:
-    """Export ``weights`` (the first seed's model) as INT8 OpenVINO IR with dynamic shapes and validate it."""
+def int8_metrics(entry: Entry, options: argparse.Namespace, calibration: torch.Tensor, workdir: Path) -> None:
+    """Export the entry's weights (the first seed's model) as INT8 OpenVINO IR with dynamic shapes, validate it."""
     from engine.exporters import export_onnx, export_openvino
     from models.weights import load_model
 
-    model, _ = load_model(weights)
-    onnx_path = export_onnx(model, workdir / f"{Path(entry.label).stem}_dynamic.onnx", imgsz=options.imgsz,
-                            dynamic=True)
-    xml = export_openvino(onnx_path, workdir / f"{Path(entry.label).stem}_int8", int8_calibration=calibration)
+    model, _ = load_model(entry.weights)
+    folder = Path(tempfile.mkdtemp(prefix="int8-", dir=workdir))
+    onnx_path = export_onnx(model, folder / "model.onnx", imgsz=options.imgsz, dynamic=True)
+    xml = export_openvino(onnx_path, folder / "int8", int8_calibration=calibration)
     metrics, _ = validate(xml, options)
     entry.int8 = {"map50": metrics["map50"], "map": metrics["map"]}
     logger.info("%s INT8 (OpenVINO, NNCF): mAP50 %.4f, mAP50-95 %.4f (fp32: %.4f, %.4f)", entry.label,
@@ -482,7 +473,7 @@ def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
         for source in options.weights or options.cfgs:
             if options.weights:
                 model, _ = load_model(source)
-                entry = Entry(Path(source).name, model.eval(), weights=Path(source))
+                entry = Entry(_weights_label(Path(source)), model.eval(), weights=Path(source))
                 map_values, stats = validate(Path(source), options)
                 entry.runs.append(SeedRun(None, map_values["map50"], map_values["map"], image_stats=stats))
             else:
@@ -503,6 +494,11 @@ def collect(options: argparse.Namespace, save_dir: Path) -> list[Entry]:
                                       summary.get("train_images_per_second"), stats))
         entries.append(entry)
     return entries
+
+
+def _weights_label(path: Path) -> str:
+    """``runs/train/exp3/weights/last.pt`` -> ``exp3/last.pt`` (a run's files share their names); else the name."""
+    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "weights" else path.name
 
 
 def run(options: argparse.Namespace) -> list[Entry]:
@@ -534,7 +530,7 @@ def run(options: argparse.Namespace) -> list[Entry]:
                                          max(int(entries[0].model.stride.max()), 32))
         workdir = Path(tempfile.mkdtemp(prefix="compare-int8-"))
         for entry in entries:
-            int8_metrics(entry, entry.weights, options, calibration, workdir)
+            int8_metrics(entry, options, calibration, workdir)
     measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, backends, calibration)
     lines, report = verdicts(entries, differences)
     table = format_table(entries)

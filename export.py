@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help="dataset YAML whose train images calibrate --int8")
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         help="number of calibration images for --int8")
+    parser.add_argument("--int8-fp32-layers", nargs="*", type=int, default=[],
+                        help="with --int8: model layers (YAML indices) kept in float, e.g. the ones "
+                        "benchmarks/int8_sensitivity.py finds sensitive")
     parser.add_argument("--output", help="ONNX output path (default: the weights or cfg name with .onnx); the "
                         "other formats are named after it")
     return parser.parse_args(argv)
@@ -90,7 +93,7 @@ def export(options: argparse.Namespace) -> list[Path]:
             raise UsageError("--int8 calibrates on square letterboxed images: give one --imgsz")
         images = calibration_images(options.data, options.calibration_images, height, int(model.stride.max()))
         written.append(export_openvino(onnx_path, onnx_path.parent / f"{onnx_path.stem}_int8_openvino_model",
-                                       int8_calibration=images))
+                                       int8_calibration=images, fp32_layers=options.int8_fp32_layers))
     if "onnx" not in formats:
         written = [path for path in written if path != onnx_path]
     for path in written:

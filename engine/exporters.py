@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -158,12 +159,14 @@ def export_torchscript(model: DetectionModel, path: str | Path, imgsz: list[int]
     return path
 
 
-def export_openvino(onnx_path: str | Path, folder: str | Path, int8_calibration: torch.Tensor | None = None) -> Path:
+def export_openvino(onnx_path: str | Path, folder: str | Path, int8_calibration: torch.Tensor | None = None,
+                    fp32_layers: Sequence[int] = ()) -> Path:
     """Convert an ONNX file written by ``export_onnx`` to OpenVINO IR in ``folder`` (``<stem>.xml`` + ``.bin``),
     weights kept in float32, the ONNX metadata copied to the model's rt_info. With ``int8_calibration``
     ((N, 3, H, W) float images in [0, 1]) the model is quantized to INT8 by NNCF (post-training, static, the
     ``mixed`` preset: symmetric weights per channel, asymmetric activations), the head's decoding left in float
-    (``INT8_IGNORED_TYPES``). Returns the .xml path."""
+    (``INT8_IGNORED_TYPES``), and so are the model layers (YAML indices) in ``fp32_layers``: the way to keep a layer
+    that quantizes badly in float (``benchmarks/int8_sensitivity.py`` finds them). Returns the .xml path."""
     from engine.backends import read_onnx_metadata, require_openvino
 
     openvino = require_openvino()
@@ -171,8 +174,9 @@ def export_openvino(onnx_path: str | Path, folder: str | Path, int8_calibration:
     model = openvino.convert_model(str(onnx_path))
     metadata = read_onnx_metadata(onnx_path)
     if int8_calibration is not None:
-        model = _quantize_int8(model, int8_calibration)
-        metadata.update(int8="true", calibration_images=str(len(int8_calibration)))
+        model = _quantize_int8(model, int8_calibration, fp32_layers)
+        metadata.update(int8="true", calibration_images=str(len(int8_calibration)),
+                        int8_fp32_layers=json.dumps([int(layer) for layer in fp32_layers]))
     for key, value in metadata.items():
         model.set_rt_info(value, ["slimneck", key])
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,7 +186,7 @@ def export_openvino(onnx_path: str | Path, folder: str | Path, int8_calibration:
     return xml
 
 
-def _quantize_int8(model, calibration: torch.Tensor):
+def _quantize_int8(model, calibration: torch.Tensor, fp32_layers: Sequence[int] = ()):
     try:
         import nncf
     except ImportError:
@@ -190,8 +194,11 @@ def _quantize_int8(model, calibration: torch.Tensor):
 
         raise MissingDependencyError("--int8 needs the 'nncf' package: pip install nncf (with openvino)") from None
     samples = [image[None].numpy() for image in calibration.float()]
+    # ONNX node names carry the module path: /model/layers.<index>/...
+    patterns = [rf".*/model/layers\.{int(layer)}/.*" for layer in fp32_layers]
+    ignored = nncf.IgnoredScope(types=list(INT8_IGNORED_TYPES), patterns=patterns, validate=False)
     return nncf.quantize(model, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,
-                         subset_size=len(samples), ignored_scope=nncf.IgnoredScope(types=list(INT8_IGNORED_TYPES), validate=False))
+                         subset_size=len(samples), ignored_scope=ignored)
 
 
 def calibration_images(data_yaml: str | Path, count: int, imgsz: int, stride: int, split: str = "train") -> torch.Tensor:

@@ -123,3 +123,23 @@ def save_plots(result: ValidationResult, save_dir: Path, names: list[str]) -> No
         result.detection_metrics.plot(save_dir)
     if result.confusion is not None:
         result.confusion.plot(save_dir, names=names)
+
+
+def validate_weights(weights: str | Path, data_yaml: str | Path, imgsz: int, batch_size: int = 32, workers: int = 0,
+                     progress: bool = False) -> ValidationResult:
+    """Score a .pt checkpoint or any exported model (``engine.predict.load_detector``) on a dataset YAML's val split
+    on the CPU, with val.py's settings (rectangular batches, pad 0.5, conf 0.001, NMS IoU 0.6)."""
+    from engine.dataloader import create_dataloader
+    from engine.dataset import load_data_config
+    from engine.predict import load_detector
+    from models.errors import UsageError
+
+    detector = load_detector(weights, "cpu", imgsz=imgsz)
+    data = load_data_config(data_yaml)
+    if detector.num_classes != data["nc"]:
+        raise UsageError(f"{weights} predicts {detector.num_classes} classes but {data_yaml} has {data['nc']}")
+    rect = detector.fixed_shape is None
+    loader, _ = create_dataloader(data["val"], detector.imgsz, batch_size, detector.stride, rect=rect,
+                                  pad=0.5 if rect else 0.0, workers=workers, num_classes=data["nc"], prefix="val: ")
+    return evaluate(detector, loader, detector.num_classes, detector.names, torch.device("cpu"), progress=progress,
+                    desc=Path(weights).name)

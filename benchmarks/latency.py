@@ -260,9 +260,9 @@ def _onnxruntime_int8(path: Path, calibration: torch.Tensor) -> Path:
     quantize_static(str(path), str(output), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
     quantized = onnx.load(str(output))
-    if not quantized.metadata_props:  # keep export.py's metadata, which OnnxBackend reads
-        quantized.metadata_props.extend(onnx.load(str(path)).metadata_props)
-        onnx.save(quantized, str(output))
+    del quantized.metadata_props[:]  # export.py's metadata, which OnnxBackend reads, instead of the quantizer's
+    quantized.metadata_props.extend(onnx.load(str(path)).metadata_props)
+    onnx.save(quantized, str(output))
     return output
 
 

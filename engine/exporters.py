@@ -4,7 +4,7 @@ NNCF on calibration images. What export.py, compare.py and the benchmarks share.
 Every format has one input ``images`` (B, 3, H, W) in [0, 1] and one output: the decoded predictions
 (B, N, 5 + nc) with boxes as (cx, cy, w, h) input pixels, and carries the same metadata (``export_metadata``:
 ``stride``, ``names``, ``imgsz``, ``batch_size``, ``dynamic``, ``half``, ``optimized``, ``model_cfg``, and for INT8
-``int8`` and ``calibration_images``), each a JSON string: in the ONNX ``metadata_props``, in the TorchScript archive's
+``int8``, ``calibration_images`` and ``int8_fp32_layers``), each a JSON string: in the ONNX ``metadata_props``, in the TorchScript archive's
 ``metadata.json`` extra file, in the OpenVINO model's ``rt_info`` under ``slimneck``. ``engine.backends`` reads them
 back. The model is fused (Conv+BN, RepConv, IDetect) and, with ``optimize``, rewritten by
 ``models.deploy.optimize_for_inference`` (GSConv channel shuffles folded into conv weights).

@@ -93,9 +93,9 @@ def test_trained_weights_against_untrained_are_called_higher(tmp_path):
     report = json.loads((tmp_path / "compare" / "exp" / "compare.json").read_text())
     trained_run = report["configs"][1]["runs"][0]
     assert trained_run["map50"] > 0.05 and report["configs"][0]["runs"][0]["map50"] < 0.01
-    difference = report["against_baseline"]["last.pt"]["map"]["within_run"][0]
+    difference = report["against_baseline"]["trained/last.pt"]["map"]["within_run"][0]
     assert difference["low"] > 0, difference
-    assert report["verdicts"][0].startswith("last.pt vs untrained.pt: mAP50-95 +")
+    assert report["verdicts"][0].startswith("trained/last.pt vs untrained.pt: mAP50-95 +")
     assert "1 seed: training-to-training variation not measured" in report["verdicts"][0]
     assert "): higher" in report["verdicts"][0]
 

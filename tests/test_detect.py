@@ -305,6 +305,7 @@ def other_formats(exported, tmp_path_factory) -> dict[str, Path]:
             "openvino": exporters.export_openvino(onnx_path, folder / "tiny_openvino_model").parent}
 
 
+@pytest.mark.isolated
 @pytest.mark.parametrize("kind", ["torchscript", "openvino"])
 def test_every_exported_format_detects_like_pytorch(exported, other_formats, kind, media, tmp_path):
     options = dict(source=media, imgsz=IMGSZ, conf_thres=0.05, device="cpu", project=tmp_path / "runs", nosave=True)

@@ -183,6 +183,7 @@ def test_export_from_a_checkpoint(tmp_path):
     assert torch.allclose(backend(images), reference, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.isolated
 @pytest.mark.parametrize("cfg", ["yolov5n-slimneck.yaml", "yolov7-tiny-slimneck.yaml"])
 def test_torchscript_and_openvino_match_pytorch(cfg, tmp_path):
     """Both formats carry the metadata and give PyTorch's decoded output within 1e-3 (pixels and scores), at the
@@ -211,6 +212,7 @@ def test_torchscript_and_openvino_match_pytorch(cfg, tmp_path):
             assert (backend(images) - reference).abs().max() < 1e-3, (backend, shape)
 
 
+@pytest.mark.isolated
 def test_export_cli_writes_every_format(tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO is optional")
     output = tmp_path / "slim.onnx"
@@ -223,24 +225,8 @@ def test_export_cli_writes_every_format(tmp_path):
     assert export.main(["--cfg", "yolov5n.yaml", "--int8", "--output", str(tmp_path / "q.onnx")]) == 2
 
 
-# Exports and scores the INT8 model in a fresh interpreter: NNCF quantization in the test process, after the other
-# tests here have loaded ONNX Runtime and OpenVINO into it, corrupted the Python heap (a segfault in a later test).
-INT8_CHECK = """
-import json, sys
-import export, val
-weights, data = sys.argv[1], sys.argv[2]
-assert export.main(["--weights", weights, "--include", "openvino", "--int8", "--data", data, "--imgsz", "96",
-                    "--calibration-images", "64"]) == 0
-scores = {}
-for name in ("last_openvino_model", "last_int8_openvino_model"):
-    result = val.run(data=data, weights=[weights.replace("last.pt", name)], imgsz=96, batch_size=16,
-                     device="cpu", workers=0, noplots=True, project=sys.argv[3], progress=False)
-    scores[name] = result["map"]
-print(json.dumps(scores))
-"""
-
-
 @pytest.mark.slow
+@pytest.mark.isolated
 def test_int8_openvino_keeps_the_map_of_a_trained_model(tmp_path):
     """INT8 is judged by mAP, not element-wise: a yolov5n fitted to 64 blocks images without augmentation (it learns
     them in 200 steps, about a minute) and scored on those images keeps at least 80 % of its mAP50-95 after NNCF
@@ -263,15 +249,19 @@ def test_int8_openvino_keeps_the_map_of_a_trained_model(tmp_path):
                                    device="cpu", workers=0, project=str(tmp_path / "runs"), noplots=True, quiet=True,
                                    noval=True, tensorboard=False, hyp=str(hyp))).run()
     weights = Path(summary["save_dir"]) / "weights" / "last.pt"
-    result = subprocess.run([sys.executable, "-c", INT8_CHECK, str(weights), str(data), str(tmp_path / "val")],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert export.main(["--weights", str(weights), "--include", "openvino", "--int8", "--data", str(data),
+                        "--imgsz", "96", "--calibration-images", "64"]) == 0
+    import val
+
+    scores = {name: val.run(data=str(data), weights=[str(weights.parent / name)], imgsz=96, batch_size=16,
+                            device="cpu", workers=0, noplots=True, project=str(tmp_path / "val"), progress=False)["map"]
+              for name in ("last_openvino_model", "last_int8_openvino_model")}
     fp32, int8 = scores["last_openvino_model"], scores["last_int8_openvino_model"]
     assert fp32 > 0.2, scores
     assert int8 > 0.8 * fp32, scores
 
 
+@pytest.mark.isolated
 def test_openvino_telemetry_is_declined(tmp_path, monkeypatch):
     """No network at run time: OpenVINO's converter would send usage telemetry unless declined."""
     pytest.importorskip("openvino", reason="OpenVINO is optional")

@@ -527,7 +527,7 @@ def run(options: argparse.Namespace) -> list[Entry]:
         from engine.exporters import calibration_images
 
         calibration = calibration_images(options.data, options.calibration_images, options.imgsz,
-                                         max(int(entries[0].model.stride.max()), 32))
+                                         entries[0].model.size_multiple)
         workdir = Path(tempfile.mkdtemp(prefix="compare-int8-"))
         for entry in entries:
             int8_metrics(entry, options, calibration, workdir)

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from engine.boxes import scale_boxes
-from engine.cli import add_inference_arguments, add_output_arguments, run_command
+from engine.cli import add_inference_arguments, add_output_arguments, increment_path, run_command
 from engine.ops import non_max_suppression
 from engine.predict import (Frame, SourceError, describe_detections, iterate_frames, load_detector,
                             resolve_source, write_yolo_labels)
-from engine.trainer import increment_path
+from engine.torch_utils import synchronize
 from engine.validate import log_speed
 from engine.visualize import class_color, draw_boxes
 from models.errors import UsageError
@@ -76,15 +76,15 @@ def run(weights: str | Path | list[str | Path] = "", source: str | Path = "", im
         for frame in iterate_frames(files, on_error):
             start = time.perf_counter()
             images, ratio_pad = detector.prepare(frame.image)
-            _sync(detector.device)
+            synchronize(detector.device)
             prepared = time.perf_counter()
             with torch.no_grad():
                 decoded = detector(images)
-            _sync(detector.device)
+            synchronize(detector.device)
             inferred = time.perf_counter()
             detections = non_max_suppression(decoded, conf_thres, iou_thres, classes=classes,
                                              agnostic=agnostic_nms, max_det=max_det)[0]
-            _sync(detector.device)
+            synchronize(detector.device)
             suppressed = time.perf_counter()
             times["preprocess"] += prepared - start
             times["inference"] += inferred - prepared
@@ -115,11 +115,6 @@ def run(weights: str | Path | list[str | Path] = "", source: str | Path = "", im
     logger.info("Results saved to %s", save_dir)
     return {"save_dir": str(save_dir), "frames": len(results), "skipped": skipped, "speed_ms": speed,
             "results": results}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Writer:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
-from engine.cli import add_inference_arguments, add_output_arguments, run_command
+from engine.cli import add_inference_arguments, add_output_arguments, increment_path, run_command
 from engine.coco import dataset_to_coco_gt, evaluate_coco, predictions_to_coco, save_json
 from engine.dataloader import create_dataloader
 from engine.dataset import DatasetError, load_data_config
 from engine.predict import Detector, load_detector, write_yolo_labels
-from engine.trainer import increment_path
 from engine.validate import evaluate, log_speed, save_plots
 from models.errors import UsageError
 

@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load_model(options.weights)
     layers = options.layers if options.layers is not None else list(range(len(model.cfg["backbone"]),
                                                                              len(model.layers)))
-    stride = max(int(model.stride.max()), 32)
-    calibration = calibration_images(options.data, options.calibration_images, options.imgsz, stride)
+    calibration = calibration_images(options.data, options.calibration_images, options.imgsz, model.size_multiple)
     workdir = Path(tempfile.mkdtemp(prefix="int8-sensitivity-"))
     onnx_path = export_onnx(model, workdir / "model.onnx", imgsz=options.imgsz, dynamic=True)
 

@@ -18,6 +18,17 @@ logger = logging.getLogger("slimneck")
 USAGE_ERRORS = (UsageError, FileNotFoundError, MissingDependencyError, NonFiniteTrainingError)
 
 
+def increment_path(path: Path, exist_ok: bool = False) -> Path:
+    """runs/train/exp -> exp2, exp3, ... unless ``exist_ok`` or the folder does not exist yet."""
+    if exist_ok or not path.exists():
+        return path
+    for number in range(2, 10_000):
+        candidate = path.with_name(f"{path.name}{number}")
+        if not candidate.exists():
+            return candidate
+    raise RuntimeError(f"no free run folder next to {path}")
+
+
 def run_command(action: Callable[[], object]) -> int:
     """Run ``action`` with INFO logging to the console. Returns 0, 2 for bad input (the message is logged),
     or 130 after Ctrl-C."""

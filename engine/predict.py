@@ -194,7 +194,7 @@ def _load_pytorch(paths: list[Path], device: torch.device, half: bool, imgsz: in
                              f"({len(model_names)} classes)")
         names = names or model_names
         models.append(model)
-    stride = max(max(int(model.stride.max()), 32) for model in models)
+    stride = max(model.size_multiple for model in models)
     if augment:
         forward = _ensemble([_tta(model) for model in models])
     else:
@@ -279,7 +279,7 @@ def augmented_forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     objects are better seen at the smaller scales) and the smallest pass drops its finest level.
     """
     width = images.shape[-1]
-    grid = max(int(model.stride.max()), 32)
+    grid = model.size_multiple
     merged = []
     last = len(TTA_SCALES) - 1
     for index, (ratio, flip) in enumerate(zip(TTA_SCALES, TTA_FLIPS)):

@@ -51,6 +51,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock timer measures it (a no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def distributed_info() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from the torchrun environment; (-1, -1, 1) outside it."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))

@@ -1,4 +1,4 @@
-"""The training engine behind train.py: the YOLOv5 recipe (REFERENCE.md section 5) on one CPU/GPU or under torchrun."""
+"""The training engine behind train.py: the YOLOv5 7.0 recipe (data/hyps/) on one CPU/GPU or under torchrun."""
 from __future__ import annotations
 
 import contextlib
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from engine.autoanchor import check_anchor_order, check_anchors
 from engine.augment import multi_scale
+from engine.cli import increment_path
 from engine.dataloader import create_dataloader, image_weights
 from engine.dataset import load_data_config
 from engine.ema import ModelEMA
@@ -119,17 +120,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Raised after Ctrl-C once last.pt has been written."""
 
 
-def increment_path(path: Path, exist_ok: bool = False) -> Path:
-    """runs/train/exp -> exp2, exp3, ... unless ``exist_ok`` or the folder does not exist yet."""
-    if exist_ok or not path.exists():
-        return path
-    for number in range(2, 10_000):
-        candidate = path.with_name(f"{path.name}{number}")
-        if not candidate.exists():
-            return candidate
-    raise RuntimeError(f"no free run folder next to {path}")
-
-
 def resolve_hyp_path(path: str | Path) -> Path:
     """A hyperparameter file: the path itself, or a file of that name shipped in data/hyps/."""
     path = Path(path)
@@ -220,7 +210,7 @@ class Trainer:
             self.weights_dir.mkdir(parents=True, exist_ok=True)
             (self.save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
             (self.save_dir / "opt.yaml").write_text(yaml.safe_dump(asdict(options), sort_keys=False))
-        self.grid_size = max(int(self.model.stride.max()), 32)
+        self.grid_size = self.model.size_multiple
         self.imgsz = math.ceil(options.imgsz / self.grid_size) * self.grid_size
         if self.imgsz != options.imgsz:
             logger.warning("--imgsz %d is not a multiple of the max stride %d; using %d", options.imgsz,

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from engine.boxes import scale_boxes, xywh2xyxy
 from engine.metrics import ConfusionMatrix, DetectionMetrics
 from engine.ops import non_max_suppression
+from engine.torch_utils import synchronize
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +68,17 @@ def evaluate(model: Callable, loader, num_classes: int, names: list[str], device
         images = images.to(device, non_blocking=True).to(dtype) / 255
         targets = targets.to(device)
         batch, _, height, width = images.shape
-        _sync(device)
+        synchronize(device)
         after_pre = time.perf_counter()
         output = model(images)
         decoded, raw = output if isinstance(output, tuple) else (output, None)
-        _sync(device)
+        synchronize(device)
         after_inference = time.perf_counter()
         if loss_fn is not None and raw is not None:
             loss_sum += loss_fn([r.float() for r in raw], targets)[1]
         detections = non_max_suppression(decoded.float(), conf_thres, iou_thres, multi_label=True,
                                          agnostic=single_cls, max_det=max_det)
-        _sync(device)
+        synchronize(device)
         after_nms = time.perf_counter()
         times["preprocess"] += after_pre - start
         times["inference"] += after_inference - after_pre
@@ -104,11 +105,6 @@ def evaluate(model: Callable, loader, num_classes: int, names: list[str], device
     speed = {key: value / max(seen, 1) * 1e3 for key, value in times.items()}
     return ValidationResult(results, (loss_sum / count).tolist(), speed, metrics.summary_table(verbose=False),
                             matrix, metrics)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def log_speed(speed: dict, shape: tuple) -> str:

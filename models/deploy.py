@@ -326,11 +326,6 @@ def fold_channel_shuffles(model: nn.Module, inplace: bool = False) -> tuple[nn.M
     return model, report
 
 
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Store conv weights in channels_last (NHWC) memory format; feed the model channels_last images too."""
-    return model.to(memory_format=torch.channels_last)
-
-
 def _functional() -> bool:
     """True while torch.compile, torch.onnx or torch.jit traces the model: the deploy modules then use plain
     out-of-place operations (writes into views of a buffer do not survive tracing, and a compiler plans the

@@ -6,7 +6,6 @@ YAML is read with ``yaml.safe_load`` and string arguments resolve only through a
 from __future__ import annotations
 
 import ast
-import inspect
 import math
 import re
 import warnings
@@ -267,8 +266,3 @@ def _build_layer(index: int, line: Any, channels: list[int], strides: list[float
     record = LayerRecord(index, sources, repeats, module_name, args, resolved.out_channels, stride,  # record
                          entry.takes_list)
     return module, record
-
-
-def describe_signature(name: str) -> str:
-    """The constructor signature of a registered module, for error messages and docs."""
-    return f"{name}{inspect.signature(lookup(name).builder)}"

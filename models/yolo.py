@@ -46,6 +46,11 @@ class DetectionModel(nn.Module):
         return self.head.stride
 
     @property
+    def size_multiple(self) -> int:
+        """What every input side is rounded up to: the largest stride, at least 32 (YOLOv5's rule)."""
+        return max(int(self.stride.max()), 32)
+
+    @property
     def num_classes(self) -> int:
         return self.head.num_classes
 

@@ -15,7 +15,7 @@ from models.yolo import DetectionModel, count_gflops, count_parameters
 
 CONFIGS = sorted(p.name for p in CFG_DIR.glob("*.yaml"))
 
-# Published sizes at nc=80 (REFERENCE.md sections 2-4): exact parameters, GFLOPs at 640 with tolerance.
+# Published sizes at nc=80 (model cards, the slim-neck paper): exact parameters, GFLOPs at 640 with tolerance.
 PUBLISHED_PARAMS = {"yolov5n.yaml": 1_872_157, "yolov5s.yaml": 7_235_389, "yolov5m.yaml": 21_190_557,
                     "yolov5l.yaml": 46_563_709, "yolov5x.yaml": 86_749_405}
 PUBLISHED_FUSED_PARAMS = {"yolov7.yaml": (36_905_341, 0.0), "yolov7-tiny.yaml": (6.22e6, 0.01),

@@ -133,7 +133,7 @@ def _constructor_cases():
 
 @pytest.mark.parametrize("entry, argument", list(_constructor_cases()))
 def test_every_constructor_argument_changes_the_module(entry, argument):
-    """An accepted argument must change structure or function (REFERENCE.md: no silently unused arguments)."""
+    """An accepted argument must change structure or function (house rule: no silently unused arguments)."""
     torch.manual_seed(0)
     base, arguments, _ = build(entry)
     alternative = ALTERNATIVES[argument]

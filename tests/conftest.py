@@ -52,9 +52,13 @@ def pytest_runtest_protocol(item, nextitem):
     else:
         outcome, longrepr = "failed", f"isolated run exited {child.returncode}:\n{output[-6000:]}"
     duration = time.perf_counter() - started
-    for when, result, text in (("setup", "passed", None), ("call", outcome, longrepr), ("teardown", "passed", None)):
+    for when, result, text in (("setup", "passed", None), ("call", outcome, longrepr)):
         report = pytest.TestReport(item.nodeid, item.location, {name: 1 for name in item.keywords}, result, text,
                                    when, duration=duration if when == "call" else 0.0)
         item.ihook.pytest_runtest_logreport(report=report)
+    # Finish the module and class fixtures the next test does not share (pytest's own teardown step, without the
+    # per-test hooks, whose setup halves never ran here).
+    teardown = pytest.CallInfo.from_call(lambda: item.session._setupstate.teardown_exact(nextitem), "teardown")
+    item.ihook.pytest_runtest_logreport(report=item.ihook.pytest_runtest_makereport(item=item, call=teardown))
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True

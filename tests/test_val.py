@@ -245,7 +245,7 @@ def test_onnx_with_augment_and_bad_weights_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_detector(tmp_path / "absent.pt", "cpu")
     (tmp_path / "weights.bin").write_bytes(b"")
-    with pytest.raises(ValueError, match="neither a PyTorch .pt nor an .onnx"):
+    with pytest.raises(ValueError, match="neither a PyTorch .pt nor an exported model"):
         load_detector(tmp_path / "weights.bin", "cpu")
     with pytest.raises(ValueError, match="positive integer"):
         check_imgsz(0, 32)
@@ -271,6 +271,7 @@ class MarkerModel(torch.nn.Module):
     """Predicts one box centred on the bright blob of each image (in the middle level's rows, so TTA crops keep it)."""
 
     stride = torch.tensor([8.0, 16.0, 32.0])
+    size_multiple = 32
 
     def forward(self, images):
         batch, _, height, width = images.shape

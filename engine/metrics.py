@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -441,13 +440,11 @@ class DetectionMetrics:
                       for c in metrics["per_class"]]
         return "\n".join(lines)
 
-    def plot(self, save_dir: str | Path) -> list[Path]:
-        """Write PR, F1, P and R curves of the last :meth:`compute` into ``save_dir``; returns the paths."""
+    def curves(self) -> APResult:
+        """The curves behind the last :meth:`compute` (computed now if there was none), for engine/metric_plots."""
         if self.result is None:
             self.compute()
-        from engine.metric_plots import plot_detection_curves
-
-        return plot_detection_curves(self.result, self.names, save_dir)
+        return self.result
 
 
 class ConfusionMatrix:
@@ -493,9 +490,6 @@ class ConfusionMatrix:
         unmatched[pairs[:, 1]] = False
         np.add.at(self.matrix, (predicted_classes[unmatched], background), 1)
 
-    def plot(self, save_dir: str | Path, names=None, normalize: bool = True) -> Path:
-        """Write ``confusion_matrix.png`` into ``save_dir``; returns its path."""
-        from engine.metric_plots import plot_confusion_matrix
-
-        return plot_confusion_matrix(self.matrix, _names_list(self.num_classes, names),
-                                     Path(save_dir) / "confusion_matrix.png", normalize=normalize)
+    def class_names(self, names=None) -> list[str]:
+        """The row/column labels for ``names`` (a list, a {index: name} mapping, or None for the indices)."""
+        return _names_list(self.num_classes, names)

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from engine.boxes import scale_boxes, xywh2xyxy
+from engine.metric_plots import plot_confusion_matrix, plot_detection_curves
 from engine.metrics import ConfusionMatrix, DetectionMetrics
 from engine.ops import non_max_suppression
 from engine.torch_utils import synchronize
@@ -116,9 +117,10 @@ def log_speed(speed: dict, shape: tuple) -> str:
 def save_plots(result: ValidationResult, save_dir: Path, names: list[str]) -> None:
     """PR/F1/P/R curves and the confusion matrix into ``save_dir``."""
     if result.detection_metrics is not None:
-        result.detection_metrics.plot(save_dir)
+        plot_detection_curves(result.detection_metrics.curves(), result.detection_metrics.names, save_dir)
     if result.confusion is not None:
-        result.confusion.plot(save_dir, names=names)
+        plot_confusion_matrix(result.confusion.matrix, result.confusion.class_names(names),
+                              save_dir / "confusion_matrix.png")
 
 
 def validate_weights(weights: str | Path, data_yaml: str | Path, imgsz: int, batch_size: int = 32, workers: int = 0,

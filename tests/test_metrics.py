@@ -293,7 +293,9 @@ def test_confusion_matrix_plot(tmp_path):
     matrix = ConfusionMatrix(num_classes=2)
     matrix.update(tensor([detection([0, 0, 10, 10], 0.9, 1)], 6), tensor([[0, 0, 0, 10, 10]], 5))
     for normalize in (True, False):
-        path = matrix.plot(tmp_path / str(normalize), names=["a", "b"], normalize=normalize)
+        path = metric_plots.plot_confusion_matrix(matrix.matrix, matrix.class_names(["a", "b"]),
+                                                  tmp_path / str(normalize) / "confusion_matrix.png",
+                                                  normalize=normalize)
         assert path.name == "confusion_matrix.png"
         assert_png(path)
     with pytest.raises(ValueError, match="does not fit 3 names"):
@@ -308,7 +310,7 @@ def test_detection_curve_plots(tmp_path):
     jitter = torch.randn(6, 4, generator=generator) * 4
     detections = torch.cat([boxes + jitter, torch.rand(6, 1, generator=generator), classes], dim=1)
     metrics.update([detections], [torch.cat([classes, boxes], dim=1)])
-    paths = metrics.plot(tmp_path)
+    paths = metric_plots.plot_detection_curves(metrics.curves(), metrics.names, tmp_path)
     assert [p.name for p in paths] == ["PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png"]
     for path in paths:
         assert_png(path)

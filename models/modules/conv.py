@@ -10,6 +10,14 @@ from models.modules.activation import is_activation, make_activation
 from models.registry import concat_rule, register
 
 
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of a conv followed by ``bn`` in eval mode, as a single conv."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = torch.zeros_like(bn.running_mean) if bias is None else bias
+    return weight * scale.reshape(-1, 1, 1, 1), (bias - bn.running_mean) * scale + bn.bias
+
+
 def same_padding(kernel_size: int, padding: int | None = None, dilation: int = 1) -> int:
     """Padding that keeps the spatial size at stride 1 ("same" padding) unless given explicitly."""
     if padding is not None:
@@ -54,7 +62,6 @@ class Conv(nn.Module):
         """Fold the BatchNorm into the conv (eval-mode statistics); the BN becomes an Identity."""
         if isinstance(self.bn, nn.Identity):
             return
-        from models.modules.yolov7 import fold_batchnorm  # noqa: PLC0415 (avoids an import cycle)
         weight, bias = fold_batchnorm(self.conv.weight, self.conv.bias, self.bn)
         fused = nn.Conv2d(self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size, self.conv.stride,
                           self.conv.padding, self.conv.dilation, self.conv.groups, bias=True).to(weight.device, weight.dtype)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from models.modules.activation import make_activation
-from models.modules.conv import Conv, same_padding
+from models.modules.conv import Conv, fold_batchnorm, same_padding
 from models.registry import passthrough_rule, register
 
 
@@ -89,14 +89,6 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int,
              groups: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False),
                          nn.BatchNorm2d(out_channels))
-
-
-def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights and bias of a conv followed by ``bn`` in eval mode, as a single conv."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = torch.zeros_like(bn.running_mean) if bias is None else bias
-    return weight * scale.reshape(-1, 1, 1, 1), (bias - bn.running_mean) * scale + bn.bias
 
 
 @register

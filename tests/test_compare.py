@@ -67,18 +67,14 @@ def test_given_weights_are_compared_with_bootstrap_intervals(tiny_data, tmp_path
 def test_trained_weights_against_untrained_are_called_higher(tmp_path):
     """Real weights through --no-train --weights: 150 optimizer steps on 64 blocks images (augmentation and warm-up
     off so that a few steps learn something), scored on those same images, against the untrained initialisation."""
-    import yaml
-
     from data.blocks import generate_dataset as generate_blocks
-    from engine.trainer import DEFAULT_HYP, Trainer, TrainOptions
+    from engine.trainer import Trainer, TrainOptions
+    from fitting import write_fitting_hyp
 
     root = generate_blocks(tmp_path / "blocks", num_train=64, num_val=1, seed=2)
     data = root / "overfit.yaml"
     data.write_text((root / "data.yaml").read_text().replace("val: images/val", "val: images/train"))
-    hyp = yaml.safe_load(DEFAULT_HYP.read_text())
-    hyp.update(lr0=0.02, warmup_epochs=0, mosaic=0.0, scale=0.0, translate=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0,
-               hsv_v=0.0)
-    (tmp_path / "hyp.yaml").write_text(yaml.safe_dump(hyp))
+    write_fitting_hyp(tmp_path / "hyp.yaml", lr0=0.02, warmup_epochs=0)
     torch.manual_seed(0)
     untrained = tmp_path / "untrained.pt"
     save_checkpoint(untrained, build_checkpoint(DetectionModel("yolov5n.yaml", num_classes=3)))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 onnx = pytest.importorskip("onnx", reason="the ONNX extras are optional")
 pytest.importorskip("onnxruntime", reason="the ONNX extras are optional")
@@ -237,14 +236,12 @@ def test_int8_openvino_keeps_the_map_of_a_trained_model(tmp_path):
     pytest.importorskip("nncf", reason="INT8 export needs nncf")
     from data.blocks import generate_dataset
     from engine.trainer import Trainer, TrainOptions
+    from fitting import write_fitting_hyp
 
     root = generate_dataset(tmp_path / "blocks", num_train=64, num_val=4, seed=2)
     data = tmp_path / "fit.yaml"
     data.write_text(f"path: {root}\ntrain: images/train\nval: images/train\nnames: [rectangle, ring, triangle]\n")
-    hyp = tmp_path / "no-augmentation.yaml"
-    recipe = yaml.safe_load((REPO / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
-    no_augmentation = dict.fromkeys(("hsv_h", "hsv_s", "hsv_v", "translate", "scale", "fliplr", "mosaic"), 0.0)
-    hyp.write_text(yaml.safe_dump({**recipe, **no_augmentation}))
+    hyp = write_fitting_hyp(tmp_path / "no-augmentation.yaml")
     summary = Trainer(TrainOptions(data=str(data), cfg="yolov5n.yaml", epochs=200, batch_size=64, imgsz=96,
                                    device="cpu", workers=0, project=str(tmp_path / "runs"), noplots=True, quiet=True,
                                    noval=True, tensorboard=False, hyp=str(hyp))).run()

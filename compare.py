@@ -17,8 +17,8 @@ The table shows mAP as mean ± standard deviation over seeds (with one seed: the
 and under it one verdict line per config against the baseline (the first): the mean paired difference over seeds
 with its Student-t 95 % interval, the within-run 95 % interval of the difference from a paired bootstrap over the
 validation images, and the relative size, GFLOPs and latency (with a bootstrap interval over the timing rounds).
-"Higher" or "lower" only when the interval excludes zero (engine/stats.py). Writes compare.csv (one row per config
-and seed), compare.json (every value and interval), compare.md and compare.png (error bars).
+"Higher" or "lower" only when the interval excludes zero (engine/evaluate/stats.py). Writes compare.csv (one row per
+config and seed), compare.json (every value and interval), compare.md and compare.png (error bars).
 """
 from __future__ import annotations
 
@@ -36,12 +36,11 @@ import numpy as np
 import torch
 
 from engine.cli import run_command
-from engine.stats import (DEFAULT_RESAMPLES, Interval, bootstrap_maps, bootstrap_ratio_of_medians, percentile_interval,
-                          t_interval)
+from engine.evaluate.stats import (DEFAULT_RESAMPLES, Interval, bootstrap_maps, bootstrap_ratio_of_medians,
+                                   percentile_interval, t_interval)
 from engine.torch_utils import interleaved_timings
-from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
+from engine.train.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 from models.deploy import optimize_for_inference
-from models.errors import UsageError
 from models.yolo import DetectionModel, count_gflops, count_parameters
 
 logger = logging.getLogger("compare")
@@ -190,7 +189,7 @@ def train_all(jobs: list[tuple[str, int, Path]], options: argparse.Namespace, ru
 def validate(weights: Path, options: argparse.Namespace) -> tuple[dict, list]:
     """mAP of ``weights`` (a .pt file or an exported model) on the --data validation set, and the per-image matches
     for the bootstrap."""
-    from engine.validate import validate_weights
+    from engine.evaluate.validate import validate_weights
 
     result = validate_weights(weights, options.data, options.imgsz, options.batch_size * 2, options.workers,
                               progress=not options.quiet)
@@ -241,8 +240,8 @@ def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, ba
 def _exported_runner(backend: str, model: DetectionModel, imgsz: int, onnx_path: Path,
                      calibration: torch.Tensor | None):
     """One batch-1 forward of ``model`` exported for ``backend``, as a no-argument callable."""
-    from engine.backends import OnnxBackend, OpenVinoBackend
-    from engine.exporters import export_onnx, export_openvino
+    from engine.infer.backends import OnnxBackend, OpenVinoBackend
+    from engine.infer.export import export_onnx, export_openvino
 
     if not onnx_path.is_file():
         export_onnx(model, onnx_path, imgsz=imgsz)
@@ -276,7 +275,7 @@ def installed_backends() -> list[str]:
 
 def int8_metrics(entry: Entry, options: argparse.Namespace, calibration: torch.Tensor, workdir: Path) -> None:
     """Export the entry's weights (the first seed's model) as INT8 OpenVINO IR with dynamic shapes, validate it."""
-    from engine.exporters import export_onnx, export_openvino
+    from engine.infer.export import export_onnx, export_openvino
     from models.weights import load_model
 
     model, _ = load_model(entry.weights)
@@ -506,7 +505,7 @@ def run(options: argparse.Namespace) -> list[Entry]:
     entries = collect(options, save_dir)
     differences = {}
     if entries[0].runs:
-        from engine.dataset import load_data_config
+        from engine.data.config import load_data_config
 
         differences = add_bootstrap_intervals(entries, load_data_config(options.data)["nc"], options.bootstrap)
     for entry in entries:
@@ -524,7 +523,7 @@ def run(options: argparse.Namespace) -> list[Entry]:
                        ", ".join(missing))
     calibration = None
     if "openvino-int8" in backends and options.data and entries[0].runs:
-        from engine.exporters import calibration_images
+        from engine.infer.export import calibration_images
 
         calibration = calibration_images(options.data, options.calibration_images, options.imgsz,
                                          entries[0].model.size_multiple)

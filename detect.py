@@ -18,11 +18,12 @@ import torch
 
 from engine.boxes import scale_boxes
 from engine.cli import add_inference_arguments, add_output_arguments, increment_path, run_command
-from engine.ops import non_max_suppression
-from engine.predict import (Frame, SourceError, describe_detections, iterate_frames, load_detector,
-                            resolve_source, write_yolo_labels)
+from engine.evaluate.validate import log_speed
+from engine.infer.detector import load_detector
+from engine.infer.nms import non_max_suppression
+from engine.infer.results import describe_detections, write_yolo_labels
+from engine.infer.sources import Frame, SourceError, iterate_frames, resolve_source
 from engine.torch_utils import synchronize
-from engine.validate import log_speed
 from engine.visualize import class_color, draw_boxes
 from models.errors import UsageError
 

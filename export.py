@@ -6,7 +6,7 @@
     python export.py --cfg yolov5s-slimneck.yaml --include onnx      # a randomly initialised model (benchmarks)
 
 Writes ``best.onnx``, ``best.torchscript`` and ``best_openvino_model/best.xml`` (+ ``.bin``); with ``--int8``,
-``best_int8_openvino_model/``. The formats, their shared input/output and metadata: ``engine/exporters.py``. Each
+``best_int8_openvino_model/``. The formats, their shared input/output and metadata: ``engine/infer/export.py``. Each
 export is run once on random images and its largest difference from the PyTorch model is logged (INT8: only
 that it runs; its accuracy cost is measured with val.py, see README "Export and deployment").
 """
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from engine.backends import MissingDependencyError, require_onnx
 from engine.cli import run_command
-from engine.exporters import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, FORMATS, calibration_images,
-                              compare_with_pytorch, export_onnx, export_openvino, export_torchscript, image_shape,
-                              load_for_export)
-from models.errors import UsageError
+from engine.infer.backends import require_onnx
+from engine.infer.export import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, FORMATS, calibration_images,
+                                 compare_with_pytorch, export_onnx, export_openvino, export_torchscript, image_shape,
+                                 load_for_export)
+from models.errors import MissingDependencyError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def export(options: argparse.Namespace) -> list[Path]:
     if "openvino" in formats:
         written.append(export_openvino(onnx_path, onnx_path.parent / f"{onnx_path.stem}_openvino_model"))
     if options.int8:
-        height, width = image_shape(options.imgsz, int(model.stride.max()))
+        height, width = image_shape(options.imgsz, model.size_multiple)
         if height != width:
             raise UsageError("--int8 calibrates on square letterboxed images: give one --imgsz")
         images = calibration_images(options.data, options.calibration_images, height, int(model.stride.max()))
@@ -106,7 +106,7 @@ def _check_against_pytorch(model, path: Path, options: argparse.Namespace) -> No
     if options.half:
         logger.info("%s: float16 model, the comparison with PyTorch runs in float32 only; skipped", path)
         return
-    height, width = image_shape(options.imgsz, int(model.stride.max()))
+    height, width = image_shape(options.imgsz, model.size_multiple)
     images = torch.rand(options.batch_size, model.in_channels, height, width,
                         generator=torch.Generator().manual_seed(0))
     try:

@@ -1,17 +1,17 @@
 """PyTorch Hub entry points, for ``torch.hub.load("path/to/slimneck-yolo", NAME, ..., source="local")``.
 
 ``custom(path="best.pt")`` returns a model that takes images (paths, numpy RGB arrays, PIL images) and returns
-detections (engine/hub.py); ``yolov5n`` ... ``yolov5x``, ``yolov5n_slimneck`` ... ``yolov5x_slimneck``,
+detections (engine/infer/hub.py); ``yolov5n`` ... ``yolov5x``, ``yolov5n_slimneck`` ... ``yolov5x_slimneck``,
 ``yolov7``, ``yolov7_tiny`` and ``yolov7_slimneck``, ``yolov7_tiny_slimneck`` build untrained models from cfg/.
 Local use only: nothing is downloaded.
 """
-from engine.hub import build_untrained, load_custom
+from engine.infer.hub import build_untrained, load_custom
 
 dependencies = ["torch", "torchvision", "numpy", "yaml", "cv2"]
 
 
 def custom(path: str, device: str = "", imgsz: int = 640):
-    """A trained .pt checkpoint or exported .onnx model, called on images (see engine.hub.HubModel)."""
+    """A trained .pt checkpoint or exported .onnx model, called on images (see engine.infer.hub.HubModel)."""
     return load_custom(path, device=device, imgsz=imgsz)
 
 

@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from engine.cli import run_command
-from engine.precision import MEMORY_FORMATS, PRECISIONS
-from engine.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
+from engine.train.precision import MEMORY_FORMATS, PRECISIONS
+from engine.train.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 
 
 def parse_options(argv: list[str] | None = None) -> TrainOptions:

@@ -2,11 +2,12 @@
 
 Flags follow YOLOv5's val.py. ``--weights`` takes our checkpoints, official YOLOv5/YOLOv7 .pt files or an exported
 .onnx model; several .pt files are evaluated as an ensemble (``--task speed`` times each one instead).
-The numbers come from ``engine.validate.evaluate``, the loop the trainer validates with.
+The numbers come from ``engine.evaluate.validate.evaluate``, the loop the trainer validates with.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -14,17 +15,45 @@ from pathlib import Path
 import torch
 
 from engine.cli import add_inference_arguments, add_output_arguments, increment_path, run_command
-from engine.coco import dataset_to_coco_gt, evaluate_coco, predictions_to_coco, save_json
-from engine.dataloader import create_dataloader
-from engine.dataset import DatasetError, load_data_config
-from engine.predict import Detector, load_detector, write_yolo_labels
-from engine.validate import evaluate, log_speed, save_plots
+from engine.data.config import DatasetError, load_data_config
+from engine.data.loader import create_dataloader
+from engine.evaluate.coco import dataset_to_coco_gt, evaluate_coco, predictions_to_coco, save_json
+from engine.evaluate.validate import evaluate, log_speed, save_plots
+from engine.infer.detector import Detector, load_detector
+from engine.infer.results import write_yolo_labels
 from models.errors import UsageError
 
 logger = logging.getLogger("val")
 ROOT = Path(__file__).resolve().parent
 TASKS = ("val", "test", "speed")
 PLOTTED_BATCHES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ValOptions:
+    """The settings of one validation run: :func:`run`'s keyword arguments but ``weights``."""
+
+    data: str | Path
+    batch_size: int
+    imgsz: int
+    conf_thres: float
+    iou_thres: float
+    max_det: int
+    task: str
+    device: str
+    workers: int
+    single_cls: bool
+    augment: bool
+    verbose: bool
+    save_txt: bool
+    save_conf: bool
+    save_json: bool
+    project: str | Path
+    name: str
+    exist_ok: bool
+    half: bool
+    noplots: bool
+    progress: bool
 
 
 def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | list[str | Path] = "",
@@ -35,7 +64,7 @@ def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | 
         exist_ok: bool = False, half: bool = False, noplots: bool = False, progress: bool = True) -> dict:
     """Validate ``weights`` on the ``task`` split of ``data``; the keyword arguments mirror the command line.
 
-    Returns the metrics of ``engine.validate.evaluate`` (precision, recall, map50, map, fitness, images,
+    Returns the metrics of ``engine.evaluate.validate.evaluate`` (precision, recall, map50, map, fitness, images,
     instances, per_class) plus ``speed_ms``, ``shape``, ``save_dir``, ``weights`` and, with ``save_json``,
     ``coco`` (pycocotools' map, map50, map75, stats) and ``predictions_json``. ``task="speed"`` measures
     latency only (conf 0.25, IoU 0.45, no run folder, no files) and returns ``speed_ms`` per weights file: one
@@ -46,71 +75,72 @@ def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | 
     weights_list = [weights] if isinstance(weights, (str, Path)) else list(weights)
     if not weights_list or any(str(item) == "" for item in weights_list):
         raise UsageError("--weights: give a .pt checkpoint or an .onnx model")
-    options = dict(data=data, batch_size=batch_size, imgsz=imgsz, conf_thres=conf_thres, iou_thres=iou_thres,
-                   max_det=max_det, task=task, device=device, workers=workers, single_cls=single_cls,
-                   augment=augment, verbose=verbose, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
-                   project=project, name=name, exist_ok=exist_ok, half=half, noplots=noplots, progress=progress)
+    options = ValOptions(data, batch_size, imgsz, conf_thres, iou_thres, max_det, task, device, workers, single_cls,
+                         augment, verbose, save_txt, save_conf, save_json, project, name, exist_ok, half, noplots,
+                         progress)
     if task != "speed":
-        return _validate(weights_list, **options)
+        return _validate(weights_list, options)
     # Latency at the detection operating point; nothing but the speed is reported.
-    options.update(conf_thres=0.25, iou_thres=0.45, save_txt=False, save_json=False, noplots=True)
-    results = [_validate([item], **options) for item in weights_list]
+    options = dataclasses.replace(options, conf_thres=0.25, iou_thres=0.45, save_txt=False, save_json=False,
+                                  noplots=True)
+    results = [_validate([item], options) for item in weights_list]
     return results[0] if len(results) == 1 else {"results": results}
 
 
-def _validate(weights: list[str | Path], data, batch_size, imgsz, conf_thres, iou_thres, max_det, task, device,
-              workers, single_cls, augment, verbose, save_txt, save_conf, save_json, project, name, exist_ok,
-              half, noplots, progress) -> dict:
-    data_config = load_data_config(data)
-    split = "val" if task == "speed" else task
+def _validate(weights: list[str | Path], options: ValOptions) -> dict:
+    data_config = load_data_config(options.data)
+    split = "val" if options.task == "speed" else options.task
     files = data_config[split]
     if files is None:
         raise DatasetError(f"{data_config['yaml_file']}: no '{split}' split (add '{split}:' to the YAML "
                            "or use --task val)")
-    detector = load_detector(weights, device, half, imgsz, augment)
-    names = ["item"] if single_cls else data_config["names"]
-    if not single_cls and detector.num_classes != data_config["nc"]:
+    detector = load_detector(weights, options.device, options.half, options.imgsz, options.augment)
+    names = ["item"] if options.single_cls else data_config["names"]
+    if not options.single_cls and detector.num_classes != data_config["nc"]:
         raise UsageError(f"{weights[0]} predicts {detector.num_classes} classes but {data_config['yaml_file']} has "
                          f"{data_config['nc']}; validate on the dataset the model was trained on, or pass "
                          "--single-cls to score every class as one")
 
-    batch_size = _batch_size(detector, batch_size)
+    batch_size = _batch_size(detector, options.batch_size)
     # Rectangular batches (less padding) unless the model takes one fixed shape; speed runs use square ones.
-    rect = detector.fixed_shape is None and task != "speed"
+    rect = detector.fixed_shape is None and options.task != "speed"
     loader, dataset = create_dataloader(files, detector.imgsz, batch_size, detector.stride, rect=rect,
-                                        pad=0.5 if rect else 0.0, workers=workers, single_cls=single_cls,
-                                        prefix=f"{split}: ", num_classes=data_config["nc"])
+                                        pad=0.5 if rect else 0.0, workers=options.workers,
+                                        single_cls=options.single_cls, prefix=f"{split}: ",
+                                        num_classes=data_config["nc"])
 
     save_dir = None
-    if task != "speed":
-        save_dir = increment_path(Path(project) / name, exist_ok)
+    if options.task != "speed":
+        save_dir = increment_path(Path(options.project) / options.name, options.exist_ok)
         save_dir.mkdir(parents=True, exist_ok=True)
-    plots = not noplots
-    outputs = _Outputs(save_dir, names, save_txt, save_conf, plots)
-    if save_json:
-        outputs.category_ids = None if single_cls else data_config["category_ids"]
+    plots = not options.noplots
+    outputs = _Outputs(save_dir, names, options.save_txt, options.save_conf, plots)
+    if options.save_json:
+        outputs.category_ids = None if options.single_cls else data_config["category_ids"]
         ground_truth, outputs.image_ids = dataset_to_coco_gt(dataset, names, outputs.category_ids)
 
     detector.warmup(loader.batch_size, tuple(int(side) for side in dataset.batch_shapes[0]) if rect else None)
-    result = evaluate(detector, loader, len(names), names, detector.device, conf_thres=conf_thres,
-                      iou_thres=iou_thres, max_det=max_det, single_cls=single_cls, half=detector.half,
-                      confusion=plots, on_image=outputs.on_image if (save_txt or save_json) else None,
-                      progress=progress, desc=Path(weights[0]).name, on_batch=outputs.on_batch if plots else None)
+    result = evaluate(detector, loader, len(names), names, detector.device, conf_thres=options.conf_thres,
+                      iou_thres=options.iou_thres, max_det=options.max_det, single_cls=options.single_cls,
+                      half=detector.half, confusion=plots,
+                      on_image=outputs.on_image if (options.save_txt or options.save_json) else None,
+                      progress=options.progress, desc=Path(weights[0]).name,
+                      on_batch=outputs.on_batch if plots else None)
     shape = (loader.batch_size, 3, detector.imgsz, detector.imgsz)
     summary = {"weights": [str(item) for item in weights], "save_dir": str(save_dir) if save_dir else None,
                "speed_ms": result.speed_ms, "shape": shape, "imgsz": detector.imgsz}
-    if task == "speed":
+    if options.task == "speed":
         logger.info("%s: %d images. %s", weights[0], result.metrics["images"], log_speed(result.speed_ms, shape))
         return {**summary, "images": result.metrics["images"]}
 
-    table = result.detection_metrics.summary_table(verbose=verbose and len(names) > 1)
+    table = result.detection_metrics.summary_table(verbose=options.verbose and len(names) > 1)
     logger.info("%s\n%s", table, log_speed(result.speed_ms, shape))
     summary.update(result.metrics)
     if plots:
         save_plots(result, save_dir, names)
-    if save_txt:
+    if options.save_txt:
         logger.info("%d label files written to %s", outputs.label_files, save_dir / "labels")
-    if save_json:
+    if options.save_json:
         summary.update(_coco_evaluation(ground_truth, outputs, save_dir, Path(weights[0]).stem, result.metrics))
     logger.info("Results saved to %s", save_dir)
     return summary

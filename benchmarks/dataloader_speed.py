@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from engine.dataloader import create_dataloader
-from engine.dataset import load_data_config
+from engine.data.config import load_data_config
+from engine.data.loader import create_dataloader
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,9 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from engine.exporters import (DEFAULT_CALIBRATION_IMAGES, calibration_images, export_onnx,  # noqa: E402
-                              export_openvino)
-from engine.validate import validate_weights  # noqa: E402
+from engine.evaluate.validate import validate_weights  # noqa: E402
+from engine.infer.export import DEFAULT_CALIBRATION_IMAGES, calibration_images, export_onnx, export_openvino
 from models.weights import load_model  # noqa: E402
 
 logger = logging.getLogger("int8_sensitivity")

@@ -197,8 +197,8 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
     if backend in EXPORTED_ONLY:
         return _exported_runner(backend, variant, images, threads, workdir)
     if backend == "onnxruntime":
-        from engine.backends import OnnxBackend
-        from engine.exporters import export_onnx
+        from engine.infer.backends import OnnxBackend
+        from engine.infer.export import export_onnx
 
         onnx_rewrites = [name for name in variant.rewrites if DEPLOY_REWRITES[name].for_onnx]
         if variant.level == ALL:
@@ -222,8 +222,8 @@ def _exported_runner(backend: str, variant: Variant, images: torch.Tensor, threa
     the convs, per-channel weights) of the deploy form (the graph export.py writes), fixed input shape. INT8 outputs
     are not checked against eager PyTorch: quantized outputs differ by design (their accuracy is measured with
     val.py on trained models)."""
-    from engine.backends import OnnxBackend, OpenVinoBackend
-    from engine.exporters import export_onnx, export_openvino
+    from engine.infer.backends import OnnxBackend, OpenVinoBackend
+    from engine.infer.export import export_onnx, export_openvino
 
     if variant.level != ALL:
         return None

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from engine.loss import OtaLoss, YoloLoss  # noqa: E402
-from engine.trainer import load_hyp  # noqa: E402
 from engine.torch_utils import interleaved_timings  # noqa: E402
+from engine.train.loss import OtaLoss, YoloLoss  # noqa: E402
+from engine.train.trainer import load_hyp  # noqa: E402
 from models.yolo import DetectionModel  # noqa: E402
 
 

@@ -19,16 +19,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 logging.disable(logging.INFO)
-from engine.dataloader import create_dataloader
-from engine.dataset import load_data_config
-from engine.loss import OtaLoss
-from engine.trainer import load_hyp
+from engine.data.config import load_data_config
+from engine.data.loader import create_dataloader
+from engine.train.loss import OtaLoss
+from engine.train.trainer import load_hyp
 from models.yolo import DetectionModel
 from yolov7.models.yolo import Model
 from yolov7.utils.loss import ComputeLossOTA
 
 peer = str(REPO.parent / "shared" / "peer7")
-import engine.loss as L
+import engine.train.loss as L
 _match, seen = L.ota_match, {}
 def recording_match(iou, cost, valid):
     seen["args"] = (iou, cost, valid)

@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
-from engine.loss import YoloLoss  # noqa: E402
-from engine.precision import Precision, describe, resolve_memory_format, resolve_precision  # noqa: E402
 from engine.torch_utils import interleaved_timings, retain_freed_memory  # noqa: E402
+from engine.train.loss import YoloLoss  # noqa: E402
+from engine.train.precision import Precision, describe, resolve_memory_format, resolve_precision  # noqa: E402
 from models.yolo import DetectionModel, count_gflops  # noqa: E402
 
 DEFAULT_CFGS = ["yolov5n.yaml", "yolov5n-slimneck.yaml", "yolov5s.yaml", "yolov5s-slimneck.yaml"]

@@ -135,7 +135,7 @@ def parity_hyp(options, out: Path) -> tuple[Path, str]:
     scratch-low; with the --hyp-set changes written to ``out``. Returns (file, the name of the file it came from)."""
     import yaml
 
-    from engine.trainer import DEFAULT_HYP, load_hyp, resolve_hyp_path
+    from engine.train.trainer import DEFAULT_HYP, load_hyp, resolve_hyp_path
     from models.parse import load_model_config
 
     path = options.hyp or load_model_config(options.cfg)[0].get("hyp") or str(DEFAULT_HYP)
@@ -158,8 +158,8 @@ def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> d
     import cv2
     import numpy as np
 
-    from engine.coco import evaluate_coco, yolo_to_coco_gt
-    from engine.dataset import image_to_label_path, parse_label_file
+    from engine.data.labels import image_to_label_path, parse_label_file
+    from engine.evaluate.coco import evaluate_coco, yolo_to_coco_gt
 
     labels, shapes = [], []
     for image in val_images:
@@ -180,8 +180,8 @@ def coco_score(val_images: list[Path], predictions: list[dict], data: dict) -> d
 def our_predictions(weights: Path, data: dict, imgsz: int, batch: int) -> tuple[list[dict], dict]:
     import torch
 
-    from engine.dataloader import create_dataloader
-    from engine.validate import evaluate
+    from engine.data.loader import create_dataloader
+    from engine.evaluate.validate import evaluate
     from models.weights import load_model
 
     model, _ = load_model(weights, fuse=True)
@@ -198,7 +198,8 @@ def our_predictions(weights: Path, data: dict, imgsz: int, batch: int) -> tuple[
 
 
 def _records(stem: str, detections) -> list[dict]:
-    """COCO result records keyed by file stem (engine.coco.predictions_to_coco takes numeric ids; coco_score maps
+    """COCO result records keyed by file stem (engine.evaluate.coco.predictions_to_coco takes
+    numeric ids; coco_score maps
     stems to the ground truth's ids, as it does for the peer's JSON)."""
     rows = []
     for x1, y1, x2, y2, score, cls in detections.tolist():
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(options.summary))
         return 0
 
-    from engine.dataset import load_data_config
+    from engine.data.config import load_data_config
 
     out = Path(options.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.dataset import DatasetError, YoloDataset, load_data_config
+from engine.data.config import DatasetError, load_data_config
+from engine.data.dataset import YoloDataset
 from engine.visualize import plot_labels
 
 logger = logging.getLogger(__name__)

@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.coco import dataset_to_coco_gt, load_json, save_json
-from engine.dataset import IMAGE_SUFFIXES, DatasetError, YoloDataset, load_data_config
+from engine.data.config import DatasetError, load_data_config
+from engine.data.dataset import YoloDataset
+from engine.data.images import IMAGE_SUFFIXES
+from engine.evaluate.coco import dataset_to_coco_gt, load_json, save_json
 from models.errors import UsageError
 
 logger = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
-"""What every command-line entry point shares: console logging and one exit-code convention."""
+"""What every command-line entry point shares: console logging, one exit-code convention, run folders and --imgsz."""
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
-from engine.backends import MissingDependencyError
-from engine.guard import NonFiniteTrainingError
-from models.errors import UsageError
+from engine.train.guard import NonFiniteTrainingError
+from models.errors import MissingDependencyError, UsageError
 
 logger = logging.getLogger("slimneck")
 
@@ -27,6 +27,17 @@ def increment_path(path: Path, exist_ok: bool = False) -> Path:
         if not candidate.exists():
             return candidate
     raise RuntimeError(f"no free run folder next to {path}")
+
+
+def check_imgsz(imgsz: int, multiple: int) -> int:
+    """``--imgsz`` rounded up to a multiple of ``multiple`` (a model's ``size_multiple``), with a warning when that
+    changes it; anything but a positive integer is a UsageError."""
+    if not isinstance(imgsz, int) or isinstance(imgsz, bool) or imgsz < 1:
+        raise UsageError(f"--imgsz must be a positive integer, got {imgsz!r}")
+    rounded = math.ceil(imgsz / multiple) * multiple
+    if rounded != imgsz:
+        logger.warning("--imgsz %d is not a multiple of the max stride %d; using %d", imgsz, multiple, rounded)
+    return rounded
 
 
 def run_command(action: Callable[[], object]) -> int:

@@ -19,7 +19,7 @@ from models.errors import UsageError
 logger = logging.getLogger(__name__)
 
 
-def select_device(device: str = "", batch_size: int | None = None) -> torch.device:
+def select_device(device: str = "") -> torch.device:
     """'' -> first CUDA device if any else CPU; 'cpu'; '0' or '0,1' (CUDA indices); 'mps'.
 
     Under torchrun each process takes the CUDA device of its LOCAL_RANK.
@@ -41,14 +41,11 @@ def select_device(device: str = "", batch_size: int | None = None) -> torch.devi
     return torch.device(f"cuda:{chosen}")
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
 
 
 def synchronize(device: torch.device) -> None:

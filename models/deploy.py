@@ -49,11 +49,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from models import registry
 from models.modules.conv import Concat
-from models.modules.csp import C3
+from models.modules.csp import CSPBlock
 from models.modules.gsconv import GSBottleneck, GSConv, VoVGSCSP, shuffle_permutation
 from models.modules.heads import Detect, IDetect
-from models.modules.yolov7 import MP, SP, RepConv
+from models.modules.yolov7 import RepConv
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,6 @@ def _concat_orders(orders: list[Order], channels: list[int]) -> Order:
 class _ShuffleFolder:
     """One pass of shuffle folding over a fused model (see the module docstring)."""
 
-    TRANSPARENT = (nn.Upsample, nn.MaxPool2d, nn.Identity, MP, SP, Concat)
-
     def __init__(self):
         self.folded = 0
         self.kept: list[str] = []
@@ -289,17 +288,17 @@ def fold_channel_shuffles(model: nn.Module, inplace: bool = False) -> tuple[nn.M
         for source in record.sources:
             if source >= 0:
                 consumers[source].append(record.index)
+    transparent = [registry.lookup(record.module_name).channel_transparent for record in records]
     # Whether a layer's output may stay permuted: every consumer absorbs it, or passes it on (without mixing
     # channels) to consumers that do. Consumers come later, so one backward sweep settles it.
     may_emit = [False] * len(records)
     for record in reversed(records[:-1]):
         ok = bool(consumers[record.index])
         for consumer in consumers[record.index]:
-            layer = layers[consumer]
-            if isinstance(layer, folder.TRANSPARENT):
+            if transparent[consumer]:
                 ok = ok and may_emit[consumer]
             else:
-                ok = ok and folder.absorbs(layer)
+                ok = ok and folder.absorbs(layers[consumer])
         may_emit[record.index] = ok
 
     orders: list[Order] = []
@@ -310,7 +309,7 @@ def fold_channel_shuffles(model: nn.Module, inplace: bool = False) -> tuple[nn.M
         if isinstance(layer, Concat):
             channels = [model.in_channels if s == -1 else records[s].out_channels for s in record.sources]
             orders.append(_concat_orders(in_orders, channels))
-        elif isinstance(layer, folder.TRANSPARENT):
+        elif transparent[record.index]:
             orders.append(in_orders[0])
         elif isinstance(layer, Detect):
             folder.detect(layer, in_orders)
@@ -358,7 +357,7 @@ class DirectDecodeDetect(Detect):
         module.register_buffer("stride", head.stride.clone())
         module.register_buffer("anchors", head.anchors.clone())
         module.outputs = nn.ModuleList(head.output_convs())
-        module._grids = {}
+        module.reset_grids()
         return module.train(head.training)
 
     def forward(self, inputs: list[torch.Tensor]):
@@ -490,7 +489,7 @@ class MergedInputCSP(nn.Module):
     fusing conv reads that buffer directly instead of a concatenation. (B, C_in, H, W) -> (B, C_out, H, W).
     """
 
-    def __init__(self, block: C3 | VoVGSCSP):
+    def __init__(self, block: CSPBlock):
         super().__init__()
         self.hidden = _conv_of(block.main_in).out_channels
         self.stem = _merged_conv([_conv_of(block.main_in), _conv_of(block.skip)])
@@ -500,7 +499,7 @@ class MergedInputCSP(nn.Module):
 
     @staticmethod
     def applies_to(block: nn.Module) -> bool:
-        return (isinstance(block, (C3, VoVGSCSP))
+        return (isinstance(block, CSPBlock)
                 and _can_merge([_conv_of(block.main_in), _conv_of(block.skip)])
                 and _same_activation(block.main_in.act, block.skip.act))
 

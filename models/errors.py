@@ -9,3 +9,8 @@ class UsageError(ValueError):
     other exception is a bug and keeps its traceback. Subclasses name the kind of input (``ConfigError``,
     ``DatasetError``, ``CheckpointError``, ``SourceError``).
     """
+
+
+class MissingDependencyError(ImportError):
+    """An optional package (onnx, onnxruntime, openvino, nncf, tensorboard) that the requested action needs is not
+    installed; the message says how to install it."""

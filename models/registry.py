@@ -11,7 +11,17 @@ says how the YAML arguments become constructor arguments and what the layer outp
   importing their checkpoints;
 * ``input_convs()`` (optional method) - the Conv/RepConv layers that read the module's input directly, when
   nothing else does. Deploy rewrites (models/deploy.py) use it to fold a channel permutation of the input
-  into those convs' weights; a module without it is assumed to need its input in the original order.
+  into those convs' weights; a module without it is assumed to need its input in the original order;
+* ``channel_transparent`` (class attribute, default False) - True when the layer treats every channel alike and
+  on its own (pooling, upsampling, identity, concatenation), so a permutation of its input channels comes out
+  as the same permutation of its output channels. The shuffle folding in models/deploy.py lets such layers
+  pass a permuted tensor on to its consumers;
+* ``fuse()`` (optional method) - fold training-time structure into an equivalent inference form in place
+  (BatchNorm into the conv, RepConv's branches into one conv, IDetect's implicit layers into its convs); eval
+  output unchanged, calling it twice is a no-op. ``models.yolo.fuse_modules`` calls it on every layer that
+  defines it, so ``DetectionModel.is_fused()`` (no BatchNorm left) holds for any model built from registered
+  modules. It is looked up on the class: C3, SPP, SPPF and VoV-GSCSP name a child layer ``fuse`` (their
+  output conv), which is not the method (a class that defines ``fuse()`` cannot also have such a child).
 
 The parser therefore has no module-specific branches: a new module only needs a class and a decorator.
 """
@@ -124,6 +134,7 @@ class RegistryEntry:
     output_stride: Callable[[dict], float]
     upstream_names: dict[str, str] = field(default_factory=dict)
     is_head: bool = False
+    channel_transparent: bool = False
 
     @property
     def takes_list(self) -> bool:
@@ -146,13 +157,16 @@ def register(cls: type[nn.Module]) -> type[nn.Module]:
         output_stride=getattr(cls, "output_stride", lambda bound: 1),
         upstream_names=dict(getattr(cls, "upstream_names", {})),
         is_head=getattr(cls, "channel_rule", None) is head_rule,
+        channel_transparent=bool(getattr(cls, "channel_transparent", False)),
     ))
     return cls
 
 
-def register_torch_layer(name: str, builder: Callable[..., nn.Module], output_stride: Callable[[dict], float]) -> None:
+def register_torch_layer(name: str, builder: Callable[..., nn.Module], output_stride: Callable[[dict], float],
+                         channel_transparent: bool) -> None:
     """Allow one torch.nn layer in YAML (written ``nn.Name``); it keeps its input channels."""
-    _add(RegistryEntry(name=name, builder=builder, channel_rule=passthrough_rule, output_stride=output_stride))
+    _add(RegistryEntry(name=name, builder=builder, channel_rule=passthrough_rule, output_stride=output_stride,
+                       channel_transparent=channel_transparent))
 
 
 def _add(entry: RegistryEntry) -> None:
@@ -195,6 +209,6 @@ def _pool_stride(bound: dict) -> float:
     return bound["kernel_size"] if stride is None else stride
 
 
-register_torch_layer("nn.Upsample", nn.Upsample, _upsample_stride)
-register_torch_layer("nn.MaxPool2d", nn.MaxPool2d, _pool_stride)
-register_torch_layer("nn.Identity", nn.Identity, lambda bound: 1)
+register_torch_layer("nn.Upsample", nn.Upsample, _upsample_stride, channel_transparent=True)
+register_torch_layer("nn.MaxPool2d", nn.MaxPool2d, _pool_stride, channel_transparent=True)
+register_torch_layer("nn.Identity", nn.Identity, lambda bound: 1, channel_transparent=True)

@@ -24,19 +24,21 @@ import torch
 import torch.nn as nn
 
 from models.registry import ConfigError
-from models.upstream import (
+from models.unpickle import (
     MAX_LISTED,
     CheckpointError,
     UnsafeCheckpointError,
+    inspect_checkpoint,
+    upstream_globals,
+)
+from models.upstream import (
     activation_differences,
     activation_message,
     head_stride_key,
-    inspect_checkpoint,
     match_upstream_state,
     mismatch_message,
     read_upstream_checkpoint,
     rename_upstream_state,
-    upstream_globals,
     upstream_model_config,
 )
 from models.yolo import DetectionModel

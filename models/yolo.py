@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.modules.conv import Conv
-from models.modules.heads import Detect, IDetect
-from models.modules.yolov7 import RepConv
+from models.modules.heads import Detect
 from models.parse import build_layers
 
 logger = logging.getLogger(__name__)
@@ -64,8 +62,10 @@ class DetectionModel(nn.Module):
         return x
 
     def fuse(self) -> "DetectionModel":
-        """Fold BatchNorm into convs, re-parameterise RepConv and fold IDetect's implicit layers (eval only)."""
-        return fuse_modules(self)
+        """Fuse every layer (``fuse_modules``: BatchNorm folded into convs, RepConv re-parameterised, IDetect's implicit
+        layers folded) and switch to eval mode; for inference only."""
+        fuse_modules(self.layers)
+        return self.eval()
 
     def is_fused(self) -> bool:
         return not any(isinstance(m, nn.BatchNorm2d) for m in self.modules())
@@ -88,16 +88,14 @@ class DetectionModel(nn.Module):
 
 @torch.no_grad()
 def fuse_modules(module: nn.Module) -> nn.Module:
-    """Put ``module`` in eval mode and fuse every Conv (BatchNorm), RepConv (branches) and IDetect (implicit layers)
-    inside it, in place; works on a whole model or on a single block. Returns ``module``."""
+    """Put ``module`` in eval mode and call ``fuse()`` on every layer inside it that declares one (the contract in
+    models/registry.py: Conv folds its BatchNorm, RepConv its branches, IDetect its implicit layers), in place; works
+    on a whole model or a single block. Returns ``module``."""
     module.eval()
-    for child in module.modules():
-        if isinstance(child, Conv):
-            child.fuse_batchnorm()
-        elif isinstance(child, RepConv):
-            child.reparameterize()
-        elif isinstance(child, IDetect):
-            child.fold_implicit()
+    for child in module.modules():  # parents first: a layer's fuse() may replace its children
+        fuse = getattr(type(child), "fuse", None)  # the class's method: SPP and SPPF have a child layer named fuse
+        if fuse is not None:
+            fuse(child)
     return module
 
 

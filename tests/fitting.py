@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.trainer import DEFAULT_HYP
+from engine.train.trainer import DEFAULT_HYP
 
 AUGMENTATION_OFF = dict.fromkeys(("mosaic", "scale", "translate", "fliplr", "hsv_h", "hsv_s", "hsv_v"), 0.0)
 

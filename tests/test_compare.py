@@ -68,7 +68,7 @@ def test_trained_weights_against_untrained_are_called_higher(tmp_path):
     """Real weights through --no-train --weights: 150 optimizer steps on 64 blocks images (augmentation and warm-up
     off so that a few steps learn something), scored on those same images, against the untrained initialisation."""
     from data.blocks import generate_dataset as generate_blocks
-    from engine.trainer import Trainer, TrainOptions
+    from engine.train.trainer import Trainer, TrainOptions
     from fitting import write_fitting_hyp
 
     root = generate_blocks(tmp_path / "blocks", num_train=64, num_val=1, seed=2)
@@ -99,7 +99,7 @@ def test_trained_weights_against_untrained_are_called_higher(tmp_path):
 def test_a_clearly_better_model_is_called_higher():
     from test_stats import random_stats
 
-    from engine.stats import RankedDetections
+    from engine.evaluate.stats import RankedDetections
 
     rng = np.random.default_rng(4)
     entries = []

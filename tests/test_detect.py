@@ -12,10 +12,12 @@ import torch
 import detect
 from data.shapes import CLASS_NAMES
 from engine.boxes import scale_boxes
-from engine.ops import non_max_suppression
-from engine.predict import Detector, SourceError, describe_detections, load_detector, resolve_source
+from engine.infer.detector import Detector, load_detector
+from engine.infer.nms import non_max_suppression
+from engine.infer.results import describe_detections
+from engine.infer.sources import SourceError, resolve_source
 from models.weights import build_checkpoint, save_checkpoint
-from models.yolo import DetectionModel
+from helpers import assert_detections_close, confident_model
 
 IMGSZ = 128
 NAMES = list(CLASS_NAMES)
@@ -206,11 +208,7 @@ def test_describe_detections():
 
 
 def test_real_checkpoint_with_filters_and_display_flags(tmp_path, caplog):
-    torch.manual_seed(0)
-    model = DetectionModel("yolov5n.yaml", num_classes=len(NAMES), names=NAMES)
-    with torch.no_grad():  # confident enough to clear conf 0.05 without training
-        for conv in model.head.outputs:
-            conv.bias.view(model.head.num_anchors, -1)[:, 4] += 6.0
+    model = confident_model(NAMES)  # clears conf 0.05 without training
     save_checkpoint(tmp_path / "tiny.pt", build_checkpoint(model))
     image = write_image(tmp_path / "scene.jpg", 200, 150)
     # --view-img only where OpenCV has no GUI (as with opencv-python-headless): it must warn, not fail
@@ -241,28 +239,12 @@ def exported(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A confident tiny checkpoint and its ONNX exports: dynamic shapes, and a fixed 1 x 3 x 128 x 128 input."""
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     pytest.importorskip("onnxruntime", reason="running ONNX models needs onnxruntime")
-    from engine import exporters as export
-    torch.manual_seed(1)
-    model = DetectionModel("yolov5n.yaml", num_classes=len(NAMES), names=NAMES)
-    with torch.no_grad():
-        for conv in model.head.outputs:
-            conv.bias.view(model.head.num_anchors, -1)[:, 4] += 6.0
+    from engine.infer import export
+    model = confident_model(NAMES, seed=1)
     folder = tmp_path_factory.mktemp("onnx")
     save_checkpoint(folder / "tiny.pt", build_checkpoint(model))
     return (folder / "tiny.pt", export.export_onnx(model, folder / "dynamic.onnx", imgsz=IMGSZ, dynamic=True),
             export.export_onnx(model, folder / "fixed.onnx", imgsz=IMGSZ, batch_size=1))
-
-
-def assert_detections_close(expected: np.ndarray, actual: np.ndarray, min_matched: float = 0.95) -> None:
-    """Two backends' detections (n, 6) of one image: nearly all pair up with the same class, box (0.05 px) and
-    score (1e-3); the few left are borderline ones whose threshold or NMS decision float rounding flipped."""
-    assert abs(len(expected) - len(actual)) <= max(1, 0.05 * len(expected))
-    if len(expected) == 0:
-        return
-    difference = np.abs(expected[:, None, :5] - actual[None, :, :5])
-    same = (difference[..., :4].max(-1) < 0.05) & (difference[..., 4] < 1e-3) & \
-        (expected[:, None, 5] == actual[None, :, 5])
-    assert same.any(1).mean() >= min_matched
 
 
 def test_onnx_detections_match_pytorch(exported, media, tmp_path, caplog):
@@ -295,7 +277,7 @@ def test_onnx_detections_match_pytorch(exported, media, tmp_path, caplog):
 def other_formats(exported, tmp_path_factory) -> dict[str, Path]:
     """The confident checkpoint as TorchScript and as OpenVINO IR (dynamic shapes, float32)."""
     pytest.importorskip("openvino", reason="OpenVINO export needs the openvino package")
-    from engine import exporters
+    from engine.infer import export as exporters
     from models.weights import load_model
 
     model, _ = load_model(exported[0])

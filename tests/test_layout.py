@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 PACKAGES = ("engine", "models", "data")
 ENTRY_POINTS = {"train", "val", "detect", "export", "compare", "hubconf"}
 
@@ -51,3 +51,10 @@ def test_there_are_no_import_circles():
         if name not in state:
             visit(name, [name])
     assert not circles
+
+
+def test_the_model_side_never_imports_the_engine():
+    """models/ is the bottom layer: the engine builds on it, never the other way round."""
+    offenders = {name: sorted(t for t in targets if t.split(".")[0] == "engine")
+                 for name, targets in module_imports().items() if name.split(".")[0] == "models"}
+    assert not {name: targets for name, targets in offenders.items() if targets}

@@ -1,4 +1,4 @@
-"""val.py and the shared inference helpers of engine/predict.py (CPU, tiny generated data, imgsz 128)."""
+"""val.py and the shared inference helpers of engine/infer/detector.py (CPU, tiny generated data, imgsz 128)."""
 import hashlib
 import logging
 import shutil
@@ -10,13 +10,18 @@ import torch
 
 import val
 from data.shapes import CLASS_NAMES, generate_dataset
-from engine.coco import load_json
-from engine.dataloader import create_dataloader
-from engine.dataset import YoloDataset, load_data_config
-from engine.predict import (Detector, augmented_forward, check_imgsz, load_detector, scale_image, yolo_label_lines)
-from engine.validate import evaluate
+from engine.cli import check_imgsz
+from engine.data.config import load_data_config
+from engine.data.dataset import YoloDataset
+from engine.data.loader import create_dataloader
+from engine.evaluate.coco import load_json
+from engine.evaluate.validate import evaluate
+from engine.infer.detector import Detector, load_detector
+from engine.infer.results import yolo_label_lines
+from engine.infer.tta import augmented_forward, scale_image
 from models.weights import build_checkpoint, load_model, save_checkpoint
 from models.yolo import DetectionModel
+from helpers import assert_detections_close
 
 IMGSZ = 128
 BATCH = 4
@@ -222,7 +227,7 @@ def test_test_split_missing_and_bad_inputs(dataset_dir, checkpoint, tmp_path, ca
         _val(dataset_dir, tmp_path / "three.pt", tmp_path)
 
 
-# ---------------------------------------------------------------------------------------------- engine/predict.py
+# ----------------------------------------------------------------------------------------------------- engine/infer/
 
 def test_load_detector_fuses_and_ensembles(checkpoint, caplog):
     with caplog.at_level(logging.WARNING):
@@ -327,24 +332,11 @@ def onnx_models(checkpoint, tmp_path_factory) -> tuple[Path, Path]:
     """The test checkpoint exported with dynamic shapes and with a fixed 4 x 3 x 128 x 128 input."""
     pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
     pytest.importorskip("onnxruntime", reason="running ONNX models needs onnxruntime")
-    from engine import exporters as export
+    from engine.infer import export
     model, _ = load_model(checkpoint)
     folder = tmp_path_factory.mktemp("onnx")
     return (export.export_onnx(model, folder / "dynamic.onnx", imgsz=IMGSZ, dynamic=True),
             export.export_onnx(model, folder / "fixed.onnx", imgsz=IMGSZ, batch_size=4))
-
-
-def assert_detections_close(expected: np.ndarray, actual: np.ndarray, min_matched: float = 0.95) -> None:
-    """Two backends' detections (n, 6) of one image: nearly all pair up with the same class, box (0.05 px) and
-    score (1e-3); the few left are borderline ones whose threshold or NMS decision float rounding flipped."""
-    expected, actual = np.asarray(expected).reshape(-1, 6), np.asarray(actual).reshape(-1, 6)
-    assert abs(len(expected) - len(actual)) <= max(1, 0.05 * len(expected))
-    if len(expected) == 0:
-        return
-    difference = np.abs(expected[:, None, :5] - actual[None, :, :5])
-    same = (difference[..., :4].max(-1) < 0.05) & (difference[..., 4] < 1e-3) & \
-        (expected[:, None, 5] == actual[None, :, 5])
-    assert same.any(1).mean() >= min_matched
 
 
 def _records_by_image(path) -> dict[int, np.ndarray]:

@@ -58,8 +58,9 @@ class Conv(nn.Module):
         return [self]
 
     @torch.no_grad()
-    def fuse_batchnorm(self) -> None:
-        """Fold the BatchNorm into the conv (eval-mode statistics); the BN becomes an Identity."""
+    def fuse(self) -> None:
+        """The ``fuse()`` contract (models/registry.py): fold the BatchNorm into the conv (eval-mode statistics); the
+        BN becomes an Identity."""
         if isinstance(self.bn, nn.Identity):
             return
         weight, bias = fold_batchnorm(self.conv.weight, self.conv.bias, self.bn)
@@ -111,6 +112,8 @@ class Concat(nn.Module):
 
     [(B, C_i, H, W)] -> (B, sum C_i, H, W). YAML args: [dimension=1].
     """
+
+    channel_transparent = True
 
     channel_rule = staticmethod(concat_rule)
 

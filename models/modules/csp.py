@@ -33,17 +33,14 @@ class Bottleneck(nn.Module):
         return x + y if self.shortcut else y
 
 
-@register
-class C3(nn.Module):
-    """CSP bottleneck with 3 convolutions. YOLOv5.
-
-    Two 1x1 branches of out*expansion channels; one goes through ``num_repeats`` Bottlenecks; a 1x1 conv fuses the
-    concatenation. (B, C_in, H, W) -> (B, C_out, H, W). YAML args: [out_channels, shortcut=True, groups=1,
-    expansion=0.5]; the parser inserts the depth-scaled repeat count.
+class CSPBlock(nn.Module):
+    """The cross-stage-partial layout that C3 and VoV-GSCSP share (not a YAML layer itself): two 1x1 branches of
+    out*expansion channels, ``num_repeats`` blocks of the class's ``bottleneck`` on one of them, and a 1x1 conv that
+    fuses the concatenation. ``shortcut`` and ``groups`` go to every bottleneck. (B, C_in, H, W) -> (B, C_out, H, W).
     """
 
     channel_rule = staticmethod(repeated_block_rule)
-    upstream_names = {"cv1": "main_in", "cv2": "skip", "cv3": "fuse", "m": "blocks"}
+    bottleneck: type[nn.Module]
 
     def __init__(self, in_channels: int, out_channels: int, num_repeats: int = 1, shortcut: bool = True,
                  groups: int = 1, expansion: float = 0.5):
@@ -52,7 +49,8 @@ class C3(nn.Module):
         self.main_in = Conv(in_channels, hidden_channels, 1, 1)
         self.skip = Conv(in_channels, hidden_channels, 1, 1)
         self.fuse = Conv(2 * hidden_channels, out_channels, 1)
-        self.blocks = nn.Sequential(*(Bottleneck(hidden_channels, hidden_channels, shortcut, groups, expansion=1.0)
+        self.blocks = nn.Sequential(*(self.bottleneck(hidden_channels, hidden_channels, shortcut=shortcut,
+                                                      groups=groups, expansion=1.0)
                                       for _ in range(num_repeats)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +58,18 @@ class C3(nn.Module):
 
     def input_convs(self) -> list[nn.Module]:
         return [self.main_in, self.skip]
+
+
+@register
+class C3(CSPBlock):
+    """CSP bottleneck with 3 convolutions: a CSPBlock of Bottlenecks. YOLOv5.
+
+    (B, C_in, H, W) -> (B, C_out, H, W). YAML args: [out_channels, shortcut=True, groups=1, expansion=0.5]; the
+    parser inserts the depth-scaled repeat count.
+    """
+
+    upstream_names = {"cv1": "main_in", "cv2": "skip", "cv3": "fuse", "m": "blocks"}
+    bottleneck = Bottleneck
 
 
 @register

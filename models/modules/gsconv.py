@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from models.modules.conv import Conv
-from models.registry import register, repeated_block_rule
+from models.modules.csp import CSPBlock
+from models.registry import register
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -157,34 +158,16 @@ class GSBottleneckC(GSBottleneck):
 
 
 @register
-class VoVGSCSP(nn.Module):
-    """VoV-GSCSP: a CSP block whose main branch is ``num_repeats`` GSBottlenecks. Slim-neck.
+class VoVGSCSP(CSPBlock):
+    """VoV-GSCSP: a CSPBlock whose main branch is ``num_repeats`` GSBottlenecks. Slim-neck.
 
     (B, C_in, H, W) -> (B, C_out, H, W). YAML args: [out_channels, shortcut=True, groups=1, expansion=0.5]; the
     parser inserts the depth-scaled repeat count. ``shortcut`` and ``groups`` go to every GSBottleneck (its
     shortcut branch and the groups of its first GSConv), as C3 passes them to its Bottlenecks.
     """
 
-    channel_rule = staticmethod(repeated_block_rule)
     upstream_names = {"cv1": "main_in", "cv2": "skip", "cv3": "fuse", "gsb": "blocks"}
     bottleneck = GSBottleneck
-
-    def __init__(self, in_channels: int, out_channels: int, num_repeats: int = 1, shortcut: bool = True,
-                 groups: int = 1, expansion: float = 0.5):
-        super().__init__()
-        hidden_channels = int(out_channels * expansion)
-        self.main_in = Conv(in_channels, hidden_channels, 1, 1)
-        self.skip = Conv(in_channels, hidden_channels, 1, 1)
-        self.fuse = Conv(2 * hidden_channels, out_channels, 1)
-        self.blocks = nn.Sequential(*(self.bottleneck(hidden_channels, hidden_channels, expansion=1.0,
-                                                      shortcut=shortcut, groups=groups)
-                                      for _ in range(num_repeats)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat((self.blocks(self.main_in(x)), self.skip(x)), 1))
-
-    def input_convs(self) -> list[nn.Module]:
-        return [self.main_in, self.skip]
 
 
 @register

@@ -54,7 +54,7 @@ class Detect(nn.Module):
         self.register_buffer("stride", torch.tensor(strides, dtype=torch.float32))
         self.register_buffer("anchors", anchors_px / self.stride.view(-1, 1, 1))  # grid units
         self.outputs = nn.ModuleList(nn.Conv2d(c, self.num_outputs * self.num_anchors, 1) for c in in_channels)
-        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reset_grids()
         self.initialize_biases()
 
     @torch.no_grad()
@@ -98,6 +98,11 @@ class Detect(nn.Module):
             wh = (y[..., 2:4] * 2) ** 2 * anchor_grid
             decoded.append(torch.cat((xy, wh, y[..., 4:]), -1).view(batch, -1, self.num_outputs))
         return torch.cat(decoded, 1)
+
+    def reset_grids(self) -> None:
+        """Forget the cached decode grids (one per level, for the last input size seen). Tracing for export calls
+        this first, so a grid from an earlier eager run is not baked into the graph as a constant."""
+        self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _grid(self, level: int, height: int, width: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (level, height, width, device, dtype, self.anchors.data_ptr(), self.anchors._version)
@@ -144,7 +149,7 @@ class ImplicitMultiply(nn.Module):
 
 @register
 class IDetect(Detect):
-    """Detect with YOLOv7's implicit knowledge: out = M * conv(x + A) per level; ``fold_implicit()`` merges A and M
+    """Detect with YOLOv7's implicit knowledge: out = M * conv(x + A) per level; ``fuse()`` merges A and M
     into the conv for deployment. YOLOv7.
 
     Same shapes and YAML args as Detect.
@@ -164,8 +169,8 @@ class IDetect(Detect):
         return self.implicit_mul[level](self.outputs[level](self.implicit_add[level](x)))
 
     @torch.no_grad()
-    def fold_implicit(self) -> None:
-        """conv(x + a) * m == conv'(x) with W' = m W and b' = m (b + W a)."""
+    def fuse(self) -> None:
+        """The ``fuse()`` contract: conv(x + a) * m == conv'(x) with W' = m W and b' = m (b + W a)."""
         if self.implicit_folded:
             return
         for conv, add, mul in zip(self.outputs, self.implicit_add, self.implicit_mul):

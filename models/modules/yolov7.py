@@ -16,6 +16,8 @@ class MP(nn.Module):
     (B, C, H, W) -> (B, C, H/k, W/k). YAML args: [kernel_size=2].
     """
 
+    channel_transparent = True
+
     channel_rule = staticmethod(passthrough_rule)
 
     def __init__(self, kernel_size: int = 2):
@@ -36,6 +38,8 @@ class SP(nn.Module):
 
     (B, C, H, W) -> (B, C, H/s, W/s). YAML args: [kernel_size=3, stride=1].
     """
+
+    channel_transparent = True
 
     channel_rule = staticmethod(passthrough_rule)
 
@@ -94,7 +98,7 @@ def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int,
 @register
 class RepConv(nn.Module):
     """Re-parameterisable conv: kxk conv-BN + 1x1 conv-BN (+ identity BN when shapes allow), summed, activated.
-    After ``reparameterize()`` it is one kxk conv with bias. RepVGG / YOLOv7.
+    After ``fuse()`` it is one kxk conv with bias. RepVGG / YOLOv7.
 
     (B, C_in, H, W) -> (B, C_out, H/s, W/s). YAML args: [out_channels, kernel_size=3, stride=1, padding=None,
     groups=1, act=True].
@@ -132,8 +136,9 @@ class RepConv(nn.Module):
         return self.act(y)
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Replace the branches by one equivalent kxk conv with bias (uses the BN running statistics)."""
+    def fuse(self) -> None:
+        """The ``fuse()`` contract: replace the branches by one equivalent kxk conv with bias (uses the BN running
+        statistics)."""
         if self.fused is not None:
             return
         weight, bias = fold_batchnorm(self.dense[0].weight, None, self.dense[1])

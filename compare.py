@@ -10,15 +10,16 @@ comparison resumes and skips finished runs. A run is validated once, after its l
 scored): picking the best epoch by validation mAP would select on the very images the comparison then scores. The
 first seed's models are timed side by side at batch 1 in their deploy form (PyTorch: fused +
 ``models.deploy.optimize_for_inference``, channels_last; ONNX Runtime, OpenVINO and OpenVINO INT8 on the graph
-export.py writes, each when installed), interleaved round by round. The INT8 model (NNCF, calibrated on --data train
-images as ``export.py --int8``) is also validated, so the table shows what quantizing costs in mAP.
+export.py writes, each when installed), each model built ``--latency-instances`` times, all builds interleaved round
+by round. The INT8 model (NNCF, calibrated on --data train images as ``export.py --int8``) is also validated, so the
+table shows what quantizing costs in mAP.
 
 The table shows mAP as mean ± standard deviation over seeds (with one seed: the value and its bootstrap interval),
 and under it one verdict line per config against the baseline (the first): the mean paired difference over seeds
 with its Student-t 95 % interval, the within-run 95 % interval of the difference from a paired bootstrap over the
-validation images, and the relative size, GFLOPs and latency (with a bootstrap interval over the timing rounds).
-"Higher" or "lower" only when the interval excludes zero (engine/evaluate/stats.py). Writes compare.csv (one row per
-config and seed), compare.json (every value and interval), compare.md and compare.png (error bars).
+validation images, and the relative size, GFLOPs and latency (with a Welch t interval over the builds of each
+model). "Higher" or "lower" only when the interval excludes no change (engine/evaluate/stats.py). Writes
+compare.csv (one row per config and seed), compare.json (every value and interval), compare.md and compare.png.
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ import argparse
 import csv
 import json
 import logging
-import statistics
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from engine.cli import run_command
-from engine.evaluate.stats import (DEFAULT_RESAMPLES, Interval, bootstrap_maps, bootstrap_ratio_of_medians,
-                                   percentile_interval, t_interval)
+from engine.evaluate.stats import (DEFAULT_RESAMPLES, Interval, bootstrap_maps, latency_ratio, percentile_interval,
+                                   t_interval, typical_latency)
 from engine.torch_utils import interleaved_timings
 from engine.train.trainer import DEFAULT_HYP, ROOT, Trainer, TrainOptions
 from models.deploy import optimize_for_inference
@@ -70,7 +70,7 @@ class Entry:
     params: int = 0
     gflops: float = 0.0
     runs: list[SeedRun] = field(default_factory=list)
-    latency: dict = field(default_factory=dict)  # backend -> seconds per timing round
+    latency: dict = field(default_factory=dict)  # backend -> per built instance, its seconds per timing round
     int8: dict | None = None  # the first seed's model as INT8 OpenVINO IR: its map50 and map on the val set
     weights: Path | None = None  # the first seed's checkpoint (None for a bare config)
 
@@ -78,8 +78,8 @@ class Entry:
         return [getattr(run, name) for run in self.runs]
 
     def latency_ms(self, backend: str) -> float | None:
-        rounds = self.latency.get(backend)
-        return statistics.median(rounds) * 1e3 if rounds else None
+        instances = self.latency.get(backend)
+        return typical_latency(instances) * 1e3 if instances else None
 
 
 # ---------------------------------------------------------------------------------------------- training, validation
@@ -215,46 +215,57 @@ def add_bootstrap_intervals(entries: list[Entry], num_classes: int, resamples: i
 # ---------------------------------------------------------------------------------------------- latency
 
 def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, backends: list[str],
-                    calibration: torch.Tensor | None = None) -> None:
-    """Batch-1 latency rounds per model and backend (``backends``: names in BACKENDS), the models of one backend
-    interleaved run by run. ``calibration`` images calibrate the INT8 model (random images when None)."""
+                    calibration: torch.Tensor | None = None, instances: int = 3) -> None:
+    """Batch-1 latency rounds per model and backend (``backends``: names in BACKENDS). Each model is built
+    ``instances`` times per backend (weights copied again, the exported file compiled again): builds of one model
+    differ in speed by several per cent (``engine.evaluate.stats.latency_ratio``). All builds of all models of one
+    backend run interleaved, round by round. ``calibration`` images calibrate the INT8 model (random images when
+    None)."""
     image = torch.rand(1, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
-    runners: dict[str, dict] = {backend: {} for backend in backends}
     workdir = Path(tempfile.mkdtemp(prefix="compare-exported-"))
-    for index, entry in enumerate(entries):
-        if "torch" in runners:
-            model = optimize_for_inference(entry.model).to(memory_format=torch.channels_last)
-            runners["torch"][index] = lambda m=model: m(image)
-        onnx_path = workdir / f"model{index}.onnx"
-        for backend in set(backends) & set(EXPORTED):
-            runners[backend][index] = _exported_runner(backend, entry.model, imgsz, onnx_path, calibration)
-    for backend, functions in runners.items():
-        if not functions:
-            continue
+    for backend in backends:
+        runners = {}
+        for index, entry in enumerate(entries):
+            exported = None
+            if backend in EXPORTED:
+                exported = _export_for(backend, entry.model, imgsz, workdir / f"model{index}.onnx", calibration)
+            for instance in range(instances):
+                runners[index, instance] = _latency_runner(backend, entry.model, image, exported)
         with torch.inference_mode():
-            times = interleaved_timings(functions, runs, warmup)
-        for index, samples in times.items():
-            entries[index].latency[backend] = samples
+            times = interleaved_timings(runners, runs, warmup)
+        for index, entry in enumerate(entries):
+            entry.latency[backend] = [times[index, instance] for instance in range(instances)]
 
 
-def _exported_runner(backend: str, model: DetectionModel, imgsz: int, onnx_path: Path,
-                     calibration: torch.Tensor | None):
-    """One batch-1 forward of ``model`` exported for ``backend``, as a no-argument callable."""
-    from engine.infer.backends import OnnxBackend, OpenVinoBackend
+def _export_for(backend: str, model: DetectionModel, imgsz: int, onnx_path: Path,
+                calibration: torch.Tensor | None) -> Path:
+    """The file ``backend`` runs: the ONNX graph export.py writes, or its OpenVINO IR (fp32, or INT8 by NNCF)."""
     from engine.infer.export import export_onnx, export_openvino
 
     if not onnx_path.is_file():
         export_onnx(model, onnx_path, imgsz=imgsz)
-    feed = torch.rand(1, 3, imgsz, imgsz).numpy()
-    threads = torch.get_num_threads()
     if backend == "onnx":
-        session = OnnxBackend(onnx_path, "cpu", threads=threads).session
-        return lambda: session.run(None, {session.get_inputs()[0].name: feed})
+        return onnx_path
     if backend == "openvino-int8" and calibration is None:
         calibration = torch.rand(32, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    xml = export_openvino(onnx_path, onnx_path.with_name(f"{onnx_path.stem}_{backend}"),
-                          int8_calibration=calibration if backend == "openvino-int8" else None)
-    compiled = OpenVinoBackend(xml, threads=threads).compiled
+    return export_openvino(onnx_path, onnx_path.with_name(f"{onnx_path.stem}_{backend}"),
+                           int8_calibration=calibration if backend == "openvino-int8" else None)
+
+
+def _latency_runner(backend: str, model: DetectionModel, image: torch.Tensor, exported: Path | None):
+    """A fresh build of ``model`` for ``backend`` (its own weight copy, or its own compiled session of
+    ``exported``), as a no-argument callable running one batch-1 forward."""
+    from engine.infer.backends import OnnxBackend, OpenVinoBackend
+
+    threads = torch.get_num_threads()
+    if backend == "torch":
+        built = optimize_for_inference(model).to(memory_format=torch.channels_last)
+        return lambda: built(image)
+    feed = image.contiguous().numpy()
+    if backend == "onnx":  # idle workers must not spin: the next forward in the round is another session's
+        session = OnnxBackend(exported, "cpu", threads=threads, spin=False).session
+        return lambda: session.run(None, {session.get_inputs()[0].name: feed})
+    compiled = OpenVinoBackend(exported, threads=threads).compiled
     return lambda: compiled(feed)
 
 
@@ -341,13 +352,19 @@ def verdicts(entries: list[Entry], differences: dict) -> tuple[list[str], dict]:
         parts.append(f"params {_percent(entry.params / base.params)}, GFLOPs {_percent(entry.gflops / base.gflops)}")
         for backend, label in BACKENDS:
             if entry.latency.get(backend) and base.latency.get(backend):
-                ratio = bootstrap_ratio_of_medians(base.latency[backend], entry.latency[backend])
+                ratio = latency_ratio(base.latency[backend], entry.latency[backend])
                 record[f"latency_{backend}_ratio"] = ratio.as_dict()
-                parts.append(f"latency ({label}) {_percent(ratio.estimate)} (95 % CI {_percent(ratio.low)} .. "
-                             f"{_percent(ratio.high)})")
+                parts.append(_latency_verdict(label, ratio))
         lines.append(f"{entry.label} vs {base.label}: " + "; ".join(parts))
         report[entry.label] = record
     return lines, report
+
+
+def _latency_verdict(label: str, ratio: Interval) -> str:
+    spread = (f"{ratio.samples} builds each" if ratio.samples > 1
+              else "over timing rounds; 1 build each: build-to-build variation not measured")
+    return (f"latency ({label}) {_percent(ratio.estimate)} (95 % CI {_percent(ratio.low)} .. {_percent(ratio.high)}, "
+            f"{spread}): {ratio.verdict(reference=1.0)}")
 
 
 def _map_verdict(record: dict) -> str:
@@ -384,7 +401,8 @@ def write_outputs(entries: list[Entry], lines: list[str], report: dict, save_dir
                                       "train_images_per_second": run.train_speed,
                                       "bootstrap": {k: v.as_dict() for k, v in run.interval.items()}}
                                      for run in entry.runs],
-                            "latency_rounds_s": entry.latency, "int8_first_seed": entry.int8} for entry in entries],
+                            "latency_s_per_build_and_round": entry.latency, "int8_first_seed": entry.int8}
+                           for entry in entries],
                "against_baseline": report, "verdicts": lines}
     (save_dir / "compare.json").write_text(json.dumps(payload, indent=2, allow_nan=True))
     (save_dir / "compare.md").write_text(table + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
@@ -449,6 +467,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", nargs="+", default=None, help="with --no-train: checkpoints to compare")
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--latency-warmup", type=int, default=3)
+    parser.add_argument("--latency-instances", type=int, default=3,
+                        help="builds of each model per backend, timed side by side (2 or more measure how much "
+                        "builds of one model differ, which the latency intervals need)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the latency measurement")
     parser.add_argument("--no-onnx", action="store_true", help="time PyTorch only (no ONNX Runtime / OpenVINO)")
     parser.add_argument("--no-int8", action="store_true", help="no INT8 model (its latency and mAP)")
@@ -458,6 +479,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.weights and not options.no_train:
         parser.error("--weights is for --no-train comparisons")
+    if options.latency_instances < 1 or options.latency_runs < 1:
+        parser.error("--latency-instances and --latency-runs need at least 1")
     if options.bootstrap < 10:
         parser.error("--bootstrap needs at least 10 resamples")
     return options
@@ -530,14 +553,16 @@ def run(options: argparse.Namespace) -> list[Entry]:
         workdir = Path(tempfile.mkdtemp(prefix="compare-int8-"))
         for entry in entries:
             int8_metrics(entry, options, calibration, workdir)
-    measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, backends, calibration)
+    measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, backends, calibration,
+                    options.latency_instances)
     lines, report = verdicts(entries, differences)
     table = format_table(entries)
     write_outputs(entries, lines, report, save_dir, table)
     seeds = f"{len(entries[0].runs)} seed(s) per config" if entries[0].runs else "no training"
     logger.info("\n%s\n\n%s\n\n%s; mAP as mean ± std over seeds, or [95 %% bootstrap interval] for one seed. "
-                "Latency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads, median of %d interleaved runs. "
-                "Saved %s", table, "\n".join(lines), seeds, options.imgsz, options.imgsz, torch.get_num_threads(),
+                "Latency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads; %d builds per model, each timed in %d "
+                "interleaved runs (geometric mean of the builds' medians). Saved %s", table, "\n".join(lines), seeds,
+                options.imgsz, options.imgsz, torch.get_num_threads(), options.latency_instances,
                 options.latency_runs, save_dir / "compare.md")
     return entries
 

@@ -61,6 +61,9 @@ def test_given_weights_are_compared_with_bootstrap_intervals(tiny_data, tmp_path
     bootstrap = runs[1][0]["bootstrap"]["map"]
     assert bootstrap["low"] <= runs[1][0]["map"] <= bootstrap["high"] and bootstrap["samples"] == 50
     assert "1 seed: training-to-training variation not measured" in report["verdicts"][0]
+    builds = [config["latency_s_per_build_and_round"]["torch"] for config in report["configs"]]
+    assert [len(b) for b in builds] == [3, 3] and all(len(rounds) == 3 for b in builds for rounds in b)
+    assert "latency (torch)" in report["verdicts"][0] and "3 builds each" in report["verdicts"][0]
 
 
 @pytest.mark.slow

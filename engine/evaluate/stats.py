@@ -1,4 +1,5 @@
-"""How sure a comparison is: intervals between training seeds (paired t) and within one run (bootstrap).
+"""How sure a comparison is: intervals between training seeds (paired t) and within one run (bootstrap), and
+for latency ratios between independently built model instances (Welch t).
 
 Two kinds of uncertainty, reported side by side because they answer different questions:
 
@@ -40,11 +41,12 @@ class Interval:
     def measured(self) -> bool:
         return math.isfinite(self.low) and math.isfinite(self.high)
 
-    def verdict(self) -> str:
-        """"higher" or "lower" when the interval excludes zero, else "no significant difference"."""
-        if self.measured and self.low > 0:
+    def verdict(self, reference: float = 0.0) -> str:
+        """"higher" or "lower" when the interval excludes ``reference`` (0 for a difference, 1 for a ratio), else
+        "no significant difference"."""
+        if self.measured and self.low > reference:
             return "higher"
-        if self.measured and self.high < 0:
+        if self.measured and self.high < reference:
             return "lower"
         return "no significant difference"
 
@@ -144,3 +146,46 @@ def bootstrap_ratio_of_medians(baseline: Sequence[float], other: Sequence[float]
     draws = np.random.default_rng(seed).integers(0, baseline.size, (resamples, baseline.size))
     ratios = np.median(other[draws], axis=1) / np.median(baseline[draws], axis=1)
     return percentile_interval(float(np.median(other) / np.median(baseline)), ratios)
+
+
+def typical_latency(instances: Sequence[Sequence[float]]) -> float:
+    """One model's latency from the timing rounds of its independently built instances: the geometric mean of the
+    instance medians (the quantity whose ratio ``latency_ratio`` estimates)."""
+    medians = [float(np.median(rounds)) for rounds in instances if len(rounds)]
+    if not medians:
+        raise ValueError("typical_latency needs at least one instance with timing rounds")
+    return float(np.exp(np.mean(np.log(medians))))
+
+
+def latency_ratio(baseline: Sequence[Sequence[float]], other: Sequence[Sequence[float]],
+                  confidence: float = CONFIDENCE, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
+    """Latency of ``other`` over ``baseline`` with a confidence interval, from the timing rounds (seconds) of
+    independently built instances of each model: ``baseline[i]`` holds instance i's rounds.
+
+    Instances matter more than rounds. The same model built twice (a second copy of its weights, a second compiled
+    OpenVINO or ONNX Runtime model) runs several per cent apart on a CPU, and stays apart over hundreds of
+    interleaved rounds (memory placement), so the rounds of one instance per model understate the uncertainty of a
+    ratio of a few per cent. The estimate is the ratio of the geometric means of the instance medians, the interval
+    Welch's t interval of the difference of the mean log medians, exponentiated (``samples``: instances per model,
+    the smaller count). With one instance of either model the between-instance spread cannot be measured: the
+    interval is then the bootstrap over paired rounds of ``bootstrap_ratio_of_medians``, narrower than the truth
+    (``samples`` is 1 so a report can say so).
+    """
+    from scipy.stats import t as student_t
+
+    base_logs = np.log([np.median(rounds) for rounds in baseline])
+    other_logs = np.log([np.median(rounds) for rounds in other])
+    if not base_logs.size or not other_logs.size:
+        raise ValueError("latency_ratio needs at least one instance of each model")
+    estimate = float(np.exp(other_logs.mean() - base_logs.mean()))
+    if min(base_logs.size, other_logs.size) < 2:
+        rounds = bootstrap_ratio_of_medians(baseline[0], other[0], resamples, seed)
+        return Interval(estimate, rounds.low, rounds.high, 1)
+    base_term, other_term = base_logs.var(ddof=1) / base_logs.size, other_logs.var(ddof=1) / other_logs.size
+    spread = base_term + other_term
+    if spread == 0:
+        return Interval(estimate, estimate, estimate, int(min(base_logs.size, other_logs.size)))
+    freedom = spread ** 2 / (base_term ** 2 / (base_logs.size - 1) + other_term ** 2 / (other_logs.size - 1))
+    half_width = float(student_t.ppf(0.5 + confidence / 2, freedom) * math.sqrt(spread))
+    return Interval(estimate, estimate * math.exp(-half_width), estimate * math.exp(half_width),
+                    int(min(base_logs.size, other_logs.size)))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from engine.evaluate.metrics import ap_per_class
-from engine.evaluate.stats import Interval, bootstrap_maps, bootstrap_ratio_of_medians, t_interval
+from engine.evaluate.stats import (Interval, bootstrap_maps, bootstrap_ratio_of_medians, latency_ratio, t_interval,
+                                   typical_latency)
 
 
 def random_stats(rng: np.random.Generator, images: int = 40, classes: int = 3, quality: float = 0.5):
@@ -83,3 +84,41 @@ def test_ratio_of_medians_interval():
     noisy = bootstrap_ratio_of_medians(base, base * 0.9 + rng.random(60), resamples=300)
     assert noisy.low < noisy.estimate < noisy.high
     assert isinstance(noisy, Interval) and noisy.samples == 300
+
+
+def builds_of(medians: list[float], rng: np.random.Generator, rounds: int = 200) -> list[np.ndarray]:
+    """Timing rounds of builds that sit at ``medians`` with 0.5 % round-to-round noise."""
+    return [median * (1 + 0.005 * rng.standard_normal(rounds)) for median in medians]
+
+
+def test_builds_of_one_model_that_run_apart_give_no_verdict():
+    """The same model built three times per side, builds 4 % apart: the rounds alone are tight enough to call
+    either side faster, the interval over builds is not."""
+    rng = np.random.default_rng(3)
+    base, other = builds_of([100, 104, 101], rng), builds_of([102, 99, 103], rng)
+    over_rounds = bootstrap_ratio_of_medians(base[0], other[1], resamples=300)
+    assert over_rounds.verdict(reference=1.0) == "lower"  # what one build per model would have claimed
+    ratio = latency_ratio(base, other)
+    assert ratio.samples == 3 and ratio.low < 1 < ratio.high
+    assert ratio.verdict(reference=1.0) == "no significant difference"
+    geometric = np.exp(np.mean(np.log([102, 99, 103])) - np.mean(np.log([100, 104, 101])))
+    assert ratio.estimate == pytest.approx(geometric, rel=2e-3)
+    assert typical_latency(base) == pytest.approx(np.exp(np.mean(np.log([100, 104, 101]))), rel=2e-3)
+
+
+def test_a_real_difference_outside_the_build_spread_is_called():
+    rng = np.random.default_rng(4)
+    ratio = latency_ratio(builds_of([100, 101, 100.5], rng), builds_of([80, 80.5, 81], rng))
+    assert ratio.high < 1 and ratio.verdict(reference=1.0) == "lower"
+    assert ratio.low < ratio.estimate < ratio.high
+
+
+def test_identical_builds_give_an_exact_ratio_and_one_build_falls_back_to_the_rounds():
+    base = [np.full(20, 10.0)] * 2
+    exact = latency_ratio(base, [np.full(20, 9.0)] * 2)
+    assert exact.estimate == exact.low == exact.high == pytest.approx(0.9)
+    rng = np.random.default_rng(5)
+    one = latency_ratio(builds_of([100], rng), builds_of([90], rng))
+    assert one.samples == 1 and one.low < one.estimate < one.high < 1
+    with pytest.raises(ValueError):
+        latency_ratio([], builds_of([90], rng))

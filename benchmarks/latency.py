@@ -1,6 +1,6 @@
 """CPU latency of a baseline detector and its slim-neck version, with and without the deploy rewrites.
 
-    python benchmarks/latency.py --pair yolov5s [--imgsz 640] [--batch 1 8] [--threads 2] [--runs 30]
+    python benchmarks/latency.py --pair yolov5s [--imgsz 640] [--batch 1 8] [--threads 2] [--runs 30] [--builds 3]
                                  [--backends eager channels_last compile torchscript onnxruntime
                                   onnxruntime-int8 openvino openvino-int8] [--profile]
                                  [--glibc-malloc]
@@ -8,11 +8,14 @@
 
 Both models are built (randomly initialised: latency does not depend on the weight values), fused, and
 rewritten by each deploy rewrite of ``models.deploy`` alone and by all of them. For each batch size and backend
-every variant runs in one process, interleaved: after a warm-up, each round times one forward of every variant
-in a shuffled order, so a change in machine load hits all variants alike (backends are measured one after the
-other, so their thread pools never compete). The table gives the median over the rounds; the slim/base ratios
-compare the medians of the same rewrite level (and, in parentheses, give the median of the per-round ratios) next
-to the FLOP ratio.
+every variant is built ``--builds`` times (its own copy of the weights, its own compiled session of the exported
+file) and all builds run in one process, interleaved: after a warm-up, each round times one forward of every build
+in a shuffled order, so a change in machine load hits all of them alike (backends are measured one after the
+other, so their thread pools never compete). Builds are needed because two builds of the same model run several
+per cent apart, round after round (measured: 4 OpenVINO compilations of one IR, 72-76 ms; 4 weight copies of one
+PyTorch model, 155-162 ms), which is as large as the slim neck's saving. The table gives the geometric mean of the
+builds' medians; the slim/base ratios compare those at the same rewrite level, with the 95 % Welch interval over
+the builds (``engine.evaluate.stats.latency_ratio``) and each model's build spread, next to the FLOP ratio.
 
 Backends: ``eager`` (PyTorch fp32, NCHW), ``channels_last`` (the same with weights and input in NHWC memory
 format), ``compile`` (``torch.compile``, default inductor backend, channels_last), ``torchscript``
@@ -34,7 +37,9 @@ each batch size reports the page faults per forward.
 
 ``--profile`` adds, per model and rewrite level, the exclusive time of each module kind (forward hooks with
 wall-clock timing; a module's time excludes that of the hooked modules inside it), so the cost of the GSConv
-concatenation/shuffle, the depth-wise convs, VoV-GSCSP and C3 is visible.
+concatenation/shuffle, the depth-wise convs, VoV-GSCSP and C3 is visible; with the ``openvino`` or
+``openvino-int8`` backend it also prints OpenVINO's own per-node counters summed per model layer and per kernel
+(``openvino_profile``), which is where an exported model's time goes.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ import gc
 import logging
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -62,6 +68,7 @@ if __package__ in (None, ""):
     # Run as ``python benchmarks/latency.py``: make the repository's packages importable.
     sys.path.insert(0, str(REPO))
 
+from engine.evaluate.stats import latency_ratio, typical_latency  # noqa: E402
 from engine.torch_utils import interleaved_timings, minor_page_faults, retain_freed_memory  # noqa: E402
 from models.deploy import DEPLOY_REWRITES, apply_rewrites  # noqa: E402
 from models.modules.conv import Conv  # noqa: E402
@@ -104,14 +111,21 @@ class Variant:
 
 @dataclass
 class Timing:
-    """Per-round times (seconds) of one variant on one backend, or why it could not run."""
+    """Per-round times (seconds) of each build of one variant on one backend, or why it could not run."""
 
-    times: list[float] = field(default_factory=list)
+    builds: list[list[float]] = field(default_factory=list)
     error: str | None = None
 
     @property
     def median_ms(self) -> float:
-        return statistics.median(self.times) * 1000
+        """The geometric mean of the builds' median times (what ``latency_ratio`` compares)."""
+        return typical_latency(self.builds) * 1000
+
+    @property
+    def build_spread(self) -> float:
+        """Slowest over fastest build median: how far apart builds of the same model run."""
+        medians = [statistics.median(rounds) for rounds in self.builds]
+        return max(medians) / min(medians)
 
 
 def build_variants(cfgs: list[str], names: list[str], rewrites: list[str]) -> list[Variant]:
@@ -170,7 +184,7 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
     eager PyTorch); None where the variant's rewrites make no difference on that backend (ONNX export keeps only
     ``for_onnx`` rewrites)."""
     if backend == "eager":
-        return _eager_runner(variant.model, images)
+        return _eager_runner(copy.deepcopy(variant.model), images)
     if backend == "channels_last":
         model = copy.deepcopy(variant.model).to(memory_format=torch.channels_last)
         return _eager_runner(model, images.contiguous(memory_format=torch.channels_last))
@@ -208,7 +222,8 @@ def make_runner(backend: str, variant: Variant, images: torch.Tensor, threads: i
         else:
             return None  # the same graph as another row
         path = workdir / f"{variant.label.replace(', ', '_').replace(' ', '-')}_{images.shape[0]}.onnx"
-        export_onnx(model, path, list(images.shape[-2:]), images.shape[0], optimize=False)
+        if not path.is_file():  # exported once; every build opens its own session
+            export_onnx(model, path, list(images.shape[-2:]), images.shape[0], optimize=False)
         # Idle ORT workers would otherwise spin and steal the cores from the next session in the round.
         session = OnnxBackend(path, "cpu", threads=threads, spin=False).session
         feed = {session.get_inputs()[0].name: images.numpy()}
@@ -227,16 +242,19 @@ def _exported_runner(backend: str, variant: Variant, images: torch.Tensor, threa
 
     if variant.level != ALL:
         return None
-    onnx_rewrites = [name for name in variant.rewrites if DEPLOY_REWRITES[name].for_onnx]
-    model = apply_rewrites(variant.fused, onnx_rewrites)[0]
     stem = f"{variant.model_name}_{images.shape[0]}_{backend}"
-    path = export_onnx(model, workdir / f"{stem}.onnx", list(images.shape[-2:]), images.shape[0], optimize=False)
+    path, xml = workdir / f"{stem}.onnx", workdir / stem / f"{stem}.xml"
     calibration = torch.rand(CALIBRATION_IMAGES, *images.shape[1:], generator=torch.Generator().manual_seed(1))
+    if not path.is_file():  # exported once; every build compiles the same file again
+        onnx_rewrites = [name for name in variant.rewrites if DEPLOY_REWRITES[name].for_onnx]
+        model = apply_rewrites(variant.fused, onnx_rewrites)[0]
+        export_onnx(model, path, list(images.shape[-2:]), images.shape[0], optimize=False)
     if backend == "onnxruntime-int8":
         session = OnnxBackend(_onnxruntime_int8(path, calibration), "cpu", threads=threads, spin=False).session
         feed = {session.get_inputs()[0].name: images.numpy()}
         return lambda: session.run(None, feed)
-    xml = export_openvino(path, workdir / stem, int8_calibration=calibration if backend in INT8_BACKENDS else None)
+    if not xml.is_file():
+        export_openvino(path, xml.parent, int8_calibration=calibration if backend in INT8_BACKENDS else None)
     model = OpenVinoBackend(xml, threads=threads)
     run = lambda: model.compiled(images.numpy())  # noqa: E731
     return run if backend in INT8_BACKENDS else _checked(lambda: torch.from_numpy(run()[0]), variant, images)
@@ -257,6 +275,8 @@ def _onnxruntime_int8(path: Path, calibration: torch.Tensor) -> Path:
     import onnx
 
     output = path.with_name(path.stem + "_int8.onnx")
+    if output.is_file():
+        return output
     quantize_static(str(path), str(output), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
     quantized = onnx.load(str(output))
@@ -267,10 +287,11 @@ def _onnxruntime_int8(path: Path, calibration: torch.Tensor) -> Path:
 
 
 def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgsz: int, threads: int, rounds: int,
-                  warmup: int, workdir: Path) -> tuple[dict[tuple[str, str], Timing], dict[str, float]]:
-    """Time every (backend, variant) for one batch size; returns ({(backend, label): Timing}, {backend: minor page
-    faults per forward, warm-up included}). Rows that a backend does not distinguish are left out (``compile`` and
-    ``torchscript`` build only the fused and all-rewrites rows)."""
+                  warmup: int, workdir: Path, builds: int = 3
+                  ) -> tuple[dict[tuple[str, str], Timing], dict[str, float]]:
+    """Time ``builds`` separate builds of every (backend, variant) for one batch size, all interleaved; returns
+    ({(backend, label): Timing}, {backend: minor page faults per forward, warm-up included}). Rows that a backend
+    does not distinguish are left out (``compile`` and ``torchscript`` build only the fused and all-rewrites rows)."""
     images = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     results, faults = {}, {}
     for backend in backends:  # one backend at a time: runtimes' thread pools do not compete within a round
@@ -280,17 +301,18 @@ def run_benchmark(variants: list[Variant], backends: list[str], batch: int, imgs
             if backend in ("compile", "torchscript", *EXPORTED_ONLY) and variant.detailed:
                 continue
             try:
-                runner = make_runner(backend, variant, images, threads, workdir)
+                built = [make_runner(backend, variant, images, threads, workdir) for _ in range(builds)]
             except Exception as error:  # report any backend failure (torch.compile, tracing, export) and go on
                 message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 results[key] = Timing(error=message[:160])
                 logger.warning("%s / %s failed: %s", backend, variant.label, message[:300])
                 continue
-            if runner is not None:
-                runners[key] = runner
+            if built[0] is not None:
+                runners.update({(key, index): runner for index, runner in enumerate(built)})
         before = minor_page_faults()
-        for key, times in interleaved_timings(runners, rounds, warmup).items():
-            results[key] = Timing(times)
+        times = interleaved_timings(runners, rounds, warmup)
+        for key, index in runners:
+            results.setdefault(key, Timing()).builds.append(times[key, index])
         if before is not None and runners:
             faults[backend] = (minor_page_faults() - before) / ((rounds + warmup) * len(runners))
         runners.clear()
@@ -317,22 +339,21 @@ def format_table(variants: list[Variant], backends: list[str], results: dict[tup
     return "\n".join(lines)
 
 
-def paired_ratio(slim: Timing, base: Timing) -> float:
-    """Median over rounds of slim time / base time in the same round (robust to slow changes in machine load)."""
-    return statistics.median(a / b for a, b in zip(slim.times, base.times))
-
-
 def format_ratios(names: list[str], backends: list[str], results: dict[tuple[str, str], Timing],
                   flop_ratio: float) -> str:
+    """slim / base per backend and level, with the 95 % interval over builds (``latency_ratio``), and how far
+    apart builds of one model ran (the noise floor a single build per model would hide)."""
     base, slim = names
-    lines = [f"{slim} / {base} time ratio: ratio of medians (median of per-round ratios)   "
-             f"[FLOP ratio {flop_ratio:.3f}]"]
+    lines = [f"{slim} / {base} time ratio [95 % interval over builds]   (FLOP ratio {flop_ratio:.3f}; build spread: "
+             "slowest / fastest build of the same model, base and slim)"]
     for backend in backends:
         cells = []
         for level in (FUSED, ALL):
             a, b = results.get((backend, f"{slim}, {level}")), results.get((backend, f"{base}, {level}"))
             if a and b and not a.error and not b.error:
-                cells.append(f"{level}: {a.median_ms / b.median_ms:.3f} ({paired_ratio(a, b):.3f})")
+                ratio = latency_ratio(b.builds, a.builds)
+                cells.append(f"{level}: {ratio.estimate:.3f} [{ratio.low:.3f}, {ratio.high:.3f}] "
+                             f"(spread {b.build_spread:.3f} / {a.build_spread:.3f})")
         lines.append(f"  {backend:<14} " + ("   ".join(cells) if cells else "-"))
     return "\n".join(lines)
 
@@ -443,6 +464,84 @@ def format_profile(variants: list[Variant], images: torch.Tensor, channels_last:
     return "\n".join(lines)
 
 
+def openvino_profile(variants: list[Variant], backend: str, images: torch.Tensor, threads: int, workdir: Path,
+                     builds: int = 3, rounds: int = 10) -> dict[str, tuple[collections.Counter, collections.Counter]]:
+    """Per model ("all rewrites" row), where OpenVINO spends a forward: (ms per YAML layer index, -1 for nodes
+    outside the layers; ms per (node type, kernel)), from its per-node counters (``PERF_COUNT``): the median over
+    ``rounds`` forwards of each of ``builds`` compilations, then the geometric mean over the builds (a layer of one
+    build can run 20 % off another build's, as whole models do). The PyTorch profile cannot see inside an exported
+    model; this shows which layers and kernels an INT8 or fp32 IR's time goes to. All builds run interleaved, one
+    forward each per round."""
+    import openvino
+
+    core = openvino.Core()
+    requests = {}
+    config = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    for variant in (v for v in variants if v.level == ALL):
+        _exported_runner(backend, variant, images, threads, workdir)  # exports the IR once (cached in workdir)
+        stem = f"{variant.model_name}_{images.shape[0]}_{backend}"
+        for build in range(builds):
+            requests[variant.model_name, build] = core.compile_model(str(workdir / stem / f"{stem}.xml"), "CPU",
+                                                                     config).create_infer_request()
+    feed = images.numpy()
+    seen: dict[tuple[str, int], list[tuple[collections.Counter, collections.Counter]]] = {key: [] for key in requests}
+    order = list(requests)
+    for key in order:
+        requests[key].infer({0: feed})
+    rng = random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            requests[key].infer({0: feed})
+            by_layer, by_kind = collections.Counter(), collections.Counter()
+            for node in requests[key].profiling_info:
+                ms = node.real_time.total_seconds() * 1000
+                layer = re.search(r"/layers\.(\d+)/", node.node_name)
+                by_layer[int(layer.group(1)) if layer else -1] += ms
+                by_kind[f"{node.node_type} {node.exec_type}"] += ms
+            seen[key].append((by_layer, by_kind))
+    profile = {}
+    for name in dict.fromkeys(name for name, _ in requests):
+        per_build = [[_median_counter([forward[part] for forward in seen[name, build]]) for build in range(builds)]
+                     for part in (0, 1)]
+        profile[name] = tuple(_geometric_mean_counter(counters) for counters in per_build)
+    return profile
+
+
+def _geometric_mean_counter(counters: list[collections.Counter]) -> collections.Counter:
+    keys = set().union(*counters)
+    return collections.Counter({key: statistics.geometric_mean(max(counter[key], 1e-6) for counter in counters)
+                                for key in keys})
+
+
+def _median_counter(counters: list[collections.Counter]) -> collections.Counter:
+    keys = set().union(*counters)
+    return collections.Counter({key: statistics.median(counter[key] for counter in counters) for key in keys})
+
+
+def format_openvino_profile(variants: list[Variant], backend: str, images: torch.Tensor, threads: int,
+                            workdir: Path, builds: int) -> str:
+    profile = openvino_profile(variants, backend, images, threads, workdir, builds)
+    names = list(profile)
+    modules = {variant.model_name: [record.module_name for record in variant.fused.records] for variant in variants}
+    lines = ["layer  " + "".join(f"{name:>34}" for name in names)]
+    layers = sorted(set().union(*(by_layer for by_layer, _ in profile.values())))
+    for layer in layers:
+        cells = []
+        for name in names:
+            module = modules[name][layer] if 0 <= layer < len(modules[name]) else "(outside the layers)"
+            cells.append(f"{module:>20} {profile[name][0][layer]:>9.2f} ms")
+        lines.append(f"{layer:>5}  " + "".join(f"{cell:>34}" for cell in cells))
+    lines.append("total  " + "".join(f"{sum(profile[name][0].values()):>31.2f} ms" for name in names))
+    kinds = sorted(set().union(*(by_kind for _, by_kind in profile.values())),
+                   key=lambda kind: -sum(profile[name][1][kind] for name in names))
+    lines.append("by node type and kernel:")
+    for kind in kinds:
+        if any(profile[name][1][kind] >= 0.01 for name in names):
+            lines.append(f"  {kind:<40}" + "".join(f"{profile[name][1][kind]:>12.2f} ms" for name in names))
+    return "\n".join(lines)
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -460,6 +559,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--runs", type=int, default=30, help="timed rounds at batch 1 (fewer at larger batches)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    parser.add_argument("--builds", type=int, default=3,
+                        help="separate builds of every model (weights copied, exports compiled again), timed side by "
+                        "side: builds of one model differ by several per cent, so ratios need more than one")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--rewrites", nargs="*", default=list(DEPLOY_REWRITES), choices=list(DEPLOY_REWRITES),
                         help="deploy rewrites to measure (each alone and all together)")
@@ -498,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             measured = variants if batch in options.detail_batches else [v for v in variants if not v.detailed]
             results, faults = run_benchmark(measured, options.backends, batch, options.imgsz, options.threads,
-                                            rounds, options.warmup, Path(workdir))
-            print(f"\nbatch {batch}: median of {rounds} interleaved rounds "
+                                            rounds, options.warmup, Path(workdir), options.builds)
+            print(f"\nbatch {batch}: {options.builds} builds per variant, geometric mean of their medians over "
+                  f"{rounds} interleaved rounds "
                   f"({time.perf_counter() - started:.0f} s, load average after: {load_average()})")
             print(format_table(measured, options.backends, results))
             print(format_ratios(names, options.backends, results, flops[1] / flops[0]))
@@ -509,12 +612,17 @@ def main(argv: list[str] | None = None) -> int:
             for (backend, label), timing in results.items():
                 if timing.error:
                     print(f"  {backend} / {label} failed: {timing.error}")
-    if options.profile:
-        images = torch.rand(1, 3, options.imgsz, options.imgsz)
-        for channels_last in (False, True):
-            print(f"\nper-module profile, batch 1, {'channels_last' if channels_last else 'NCHW'} "
-                  "(exclusive wall time per forward, median of 10 interleaved forwards)")
-            print(format_profile(variants, images, channels_last))
+        if options.profile:
+            images = torch.rand(1, 3, options.imgsz, options.imgsz)
+            for channels_last in (False, True):
+                print(f"\nper-module profile, batch 1, {'channels_last' if channels_last else 'NCHW'} "
+                      "(exclusive wall time per forward, median of 10 interleaved forwards)")
+                print(format_profile(variants, images, channels_last))
+            for backend in [b for b in options.backends if b in ("openvino", "openvino-int8")]:
+                print(f"\n{backend} per-layer profile, batch 1 (OpenVINO's own per-node counters, ms per forward: "
+                      f"median of 10 interleaved forwards, geometric mean over {options.builds} builds)")
+                print(format_openvino_profile(variants, backend, images, options.threads, Path(workdir),
+                                              options.builds))
     return 0
 
 

@@ -10,8 +10,8 @@ comparison resumes and skips finished runs. A run is validated once, after its l
 scored): picking the best epoch by validation mAP would select on the very images the comparison then scores. The
 first seed's models are timed side by side at batch 1 in their deploy form (PyTorch: fused +
 ``models.deploy.optimize_for_inference``, channels_last; ONNX Runtime, OpenVINO and OpenVINO INT8 on the graph
-export.py writes, each when installed), each model built ``--latency-instances`` times, all builds interleaved round
-by round. The INT8 model (NNCF, calibrated on --data train images as ``export.py --int8``) is also validated, so the
+export.py writes, each when installed), each model built ``--latency-builds`` times, all builds interleaved round by
+round. The INT8 model (NNCF, calibrated on --data train images as ``export.py --int8``) is also validated, so the
 table shows what quantizing costs in mAP.
 
 The table shows mAP as mean ± standard deviation over seeds (with one seed: the value and its bootstrap interval),
@@ -70,7 +70,7 @@ class Entry:
     params: int = 0
     gflops: float = 0.0
     runs: list[SeedRun] = field(default_factory=list)
-    latency: dict = field(default_factory=dict)  # backend -> per built instance, its seconds per timing round
+    latency: dict = field(default_factory=dict)  # backend -> per build of the model, its seconds per timing round
     int8: dict | None = None  # the first seed's model as INT8 OpenVINO IR: its map50 and map on the val set
     weights: Path | None = None  # the first seed's checkpoint (None for a bare config)
 
@@ -78,8 +78,8 @@ class Entry:
         return [getattr(run, name) for run in self.runs]
 
     def latency_ms(self, backend: str) -> float | None:
-        instances = self.latency.get(backend)
-        return typical_latency(instances) * 1e3 if instances else None
+        builds = self.latency.get(backend)
+        return typical_latency(builds) * 1e3 if builds else None
 
 
 # ---------------------------------------------------------------------------------------------- training, validation
@@ -215,9 +215,9 @@ def add_bootstrap_intervals(entries: list[Entry], num_classes: int, resamples: i
 # ---------------------------------------------------------------------------------------------- latency
 
 def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, backends: list[str],
-                    calibration: torch.Tensor | None = None, instances: int = 3) -> None:
+                    calibration: torch.Tensor | None = None, builds: int = 3) -> None:
     """Batch-1 latency rounds per model and backend (``backends``: names in BACKENDS). Each model is built
-    ``instances`` times per backend (weights copied again, the exported file compiled again): builds of one model
+    ``builds`` times per backend (weights copied again, the exported file compiled again): builds of one model
     differ in speed by several per cent (``engine.evaluate.stats.latency_ratio``). All builds of all models of one
     backend run interleaved, round by round. ``calibration`` images calibrate the INT8 model (random images when
     None)."""
@@ -229,12 +229,12 @@ def measure_latency(entries: list[Entry], imgsz: int, runs: int, warmup: int, ba
             exported = None
             if backend in EXPORTED:
                 exported = _export_for(backend, entry.model, imgsz, workdir / f"model{index}.onnx", calibration)
-            for instance in range(instances):
-                runners[index, instance] = _latency_runner(backend, entry.model, image, exported)
+            for build in range(builds):
+                runners[index, build] = _latency_runner(backend, entry.model, image, exported)
         with torch.inference_mode():
             times = interleaved_timings(runners, runs, warmup)
         for index, entry in enumerate(entries):
-            entry.latency[backend] = [times[index, instance] for instance in range(instances)]
+            entry.latency[backend] = [times[index, build] for build in range(builds)]
 
 
 def _export_for(backend: str, model: DetectionModel, imgsz: int, onnx_path: Path,
@@ -467,7 +467,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", nargs="+", default=None, help="with --no-train: checkpoints to compare")
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--latency-warmup", type=int, default=3)
-    parser.add_argument("--latency-instances", type=int, default=3,
+    parser.add_argument("--latency-builds", type=int, default=3,
                         help="builds of each model per backend, timed side by side (2 or more measure how much "
                         "builds of one model differ, which the latency intervals need)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the latency measurement")
@@ -479,8 +479,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.weights and not options.no_train:
         parser.error("--weights is for --no-train comparisons")
-    if options.latency_instances < 1 or options.latency_runs < 1:
-        parser.error("--latency-instances and --latency-runs need at least 1")
+    if options.latency_builds < 1 or options.latency_runs < 1:
+        parser.error("--latency-builds and --latency-runs need at least 1")
     if options.bootstrap < 10:
         parser.error("--bootstrap needs at least 10 resamples")
     return options
@@ -554,15 +554,15 @@ def run(options: argparse.Namespace) -> list[Entry]:
         for entry in entries:
             int8_metrics(entry, options, calibration, workdir)
     measure_latency(entries, options.imgsz, options.latency_runs, options.latency_warmup, backends, calibration,
-                    options.latency_instances)
+                    options.latency_builds)
     lines, report = verdicts(entries, differences)
     table = format_table(entries)
     write_outputs(entries, lines, report, save_dir, table)
     seeds = f"{len(entries[0].runs)} seed(s) per config" if entries[0].runs else "no training"
     logger.info("\n%s\n\n%s\n\n%s; mAP as mean ± std over seeds, or [95 %% bootstrap interval] for one seed. "
-                "Latency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads; %d builds per model, each timed in %d "
-                "interleaved runs (geometric mean of the builds' medians). Saved %s", table, "\n".join(lines), seeds,
-                options.imgsz, options.imgsz, torch.get_num_threads(), options.latency_instances,
+                "Latency: deploy form (fused + rewrites), batch 1, %dx%d, %d threads; %d builds per model, each timed "
+                "in %d interleaved runs (geometric mean of the builds' medians). Saved %s", table, "\n".join(lines),
+                seeds, options.imgsz, options.imgsz, torch.get_num_threads(), options.latency_builds,
                 options.latency_runs, save_dir / "compare.md")
     return entries
 

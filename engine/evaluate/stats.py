@@ -1,5 +1,5 @@
 """How sure a comparison is: intervals between training seeds (paired t) and within one run (bootstrap), and
-for latency ratios between independently built model instances (Welch t).
+for latency ratios between separate builds of each model (Welch t).
 
 Two kinds of uncertainty, reported side by side because they answer different questions:
 
@@ -148,35 +148,35 @@ def bootstrap_ratio_of_medians(baseline: Sequence[float], other: Sequence[float]
     return percentile_interval(float(np.median(other) / np.median(baseline)), ratios)
 
 
-def typical_latency(instances: Sequence[Sequence[float]]) -> float:
-    """One model's latency from the timing rounds of its independently built instances: the geometric mean of the
-    instance medians (the quantity whose ratio ``latency_ratio`` estimates)."""
-    medians = [float(np.median(rounds)) for rounds in instances if len(rounds)]
+def typical_latency(builds: Sequence[Sequence[float]]) -> float:
+    """One model's latency from the timing rounds of its separate builds: the geometric mean of the builds' medians
+    (the quantity whose ratio ``latency_ratio`` estimates)."""
+    medians = [float(np.median(rounds)) for rounds in builds if len(rounds)]
     if not medians:
-        raise ValueError("typical_latency needs at least one instance with timing rounds")
+        raise ValueError("typical_latency needs at least one build with timing rounds")
     return float(np.exp(np.mean(np.log(medians))))
 
 
 def latency_ratio(baseline: Sequence[Sequence[float]], other: Sequence[Sequence[float]],
                   confidence: float = CONFIDENCE, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
     """Latency of ``other`` over ``baseline`` with a confidence interval, from the timing rounds (seconds) of
-    independently built instances of each model: ``baseline[i]`` holds instance i's rounds.
+    separate builds of each model: ``baseline[i]`` holds build i's rounds.
 
-    Instances matter more than rounds. The same model built twice (a second copy of its weights, a second compiled
+    Builds matter more than rounds. The same model built twice (a second copy of its weights, a second compiled
     OpenVINO or ONNX Runtime model) runs several per cent apart on a CPU, and stays apart over hundreds of
-    interleaved rounds (memory placement), so the rounds of one instance per model understate the uncertainty of a
-    ratio of a few per cent. The estimate is the ratio of the geometric means of the instance medians, the interval
-    Welch's t interval of the difference of the mean log medians, exponentiated (``samples``: instances per model,
-    the smaller count). With one instance of either model the between-instance spread cannot be measured: the
-    interval is then the bootstrap over paired rounds of ``bootstrap_ratio_of_medians``, narrower than the truth
-    (``samples`` is 1 so a report can say so).
+    interleaved rounds (probably where its memory lands; not investigated), so the rounds of one build per model
+    understate the uncertainty of a ratio of a few per cent. The estimate is the ratio of the geometric means of the
+    builds' medians, the interval Welch's t interval of the difference of the mean log medians, exponentiated
+    (``samples``: builds per model, the smaller count). With one build of either model the between-build spread
+    cannot be measured: the interval is then the bootstrap over paired rounds of ``bootstrap_ratio_of_medians``,
+    narrower than the truth (``samples`` is 1 so a report can say so).
     """
     from scipy.stats import t as student_t
 
     base_logs = np.log([np.median(rounds) for rounds in baseline])
     other_logs = np.log([np.median(rounds) for rounds in other])
     if not base_logs.size or not other_logs.size:
-        raise ValueError("latency_ratio needs at least one instance of each model")
+        raise ValueError("latency_ratio needs at least one build of each model")
     estimate = float(np.exp(other_logs.mean() - base_logs.mean()))
     if min(base_logs.size, other_logs.size) < 2:
         rounds = bootstrap_ratio_of_medians(baseline[0], other[0], resamples, seed)

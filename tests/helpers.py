@@ -1,7 +1,7 @@
 """Test helpers shared by several test files (import as ``from helpers import ...``; tests/conftest.py's folder is
 on sys.path): the repository root and config list, models with non-trivial BatchNorm statistics, a confident
-untrained checkpoint, a stand-in detection head, the comparison of two backends' detections, and the settings of a
-tiny training run."""
+untrained checkpoint, a stand-in detection head, the comparison of two backends' detections, the settings of a
+tiny training run, and random per-image detection matches for the comparison statistics."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,3 +92,16 @@ def train_options(data: Path, project: Path, **overrides) -> TrainOptions:
                 project=str(project), name="run", seed=3, noplots=True, quiet=True, noautoanchor=True)
     base.update(overrides)
     return TrainOptions(**base)
+
+
+def random_stats(rng: np.random.Generator, images: int = 40, classes: int = 3, quality: float = 0.5):
+    """Per-image (tp, conf, pred class, label classes) with distinct confidences; higher quality = more hits."""
+    stats = []
+    for _ in range(images):
+        labels = rng.integers(0, classes, rng.integers(0, 6))
+        count = int(rng.integers(0, 8))
+        conf = rng.random(count)
+        hit = rng.random(count) < quality * conf  # confident detections are more often right
+        tp = np.stack([hit & (rng.random(count) < 1 - 0.08 * j) for j in range(10)], 1)
+        stats.append((tp, conf, rng.integers(0, classes, count), labels))
+    return stats

@@ -10,19 +10,7 @@ import pytest
 from engine.evaluate.metrics import ap_per_class
 from engine.evaluate.stats import (Interval, bootstrap_maps, bootstrap_ratio_of_medians, latency_ratio, t_interval,
                                    typical_latency)
-
-
-def random_stats(rng: np.random.Generator, images: int = 40, classes: int = 3, quality: float = 0.5):
-    """Per-image (tp, conf, pred class, label classes) with distinct confidences; higher quality = more hits."""
-    stats = []
-    for _ in range(images):
-        labels = rng.integers(0, classes, rng.integers(0, 6))
-        count = int(rng.integers(0, 8))
-        conf = rng.random(count)
-        hit = rng.random(count) < quality * conf  # confident detections are more often right
-        tp = np.stack([hit & (rng.random(count) < 1 - 0.08 * j) for j in range(10)], 1)
-        stats.append((tp, conf, rng.integers(0, classes, count), labels))
-    return stats
+from helpers import random_stats
 
 
 def slow_reference(stats, draw):

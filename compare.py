@@ -7,8 +7,10 @@
 Each config is trained once per seed with the same data, hyperparameters and epochs (the train.py engine; the seed
 changes initialisation, augmentation and data order), in ``runs/compare/<name>/<cfg>/seed<k>``; an interrupted
 comparison resumes and skips finished runs. A run is validated once, after its last epoch (``--noval``; last.pt is
-scored): picking the best epoch by validation mAP would select on the very images the comparison then scores. The
-first seed's models are timed side by side at batch 1 in their deploy form (PyTorch: fused +
+scored): picking the best epoch by validation mAP would select on the very images the comparison then scores. It is
+scored at the size it was trained at (``--val-pad 0``): with val.py's padding, square images at --imgsz 96 are scored
+at 128, and two slim-neck yolov5n trained at 96 lost 0.28 and 0.14 mAP50-95 to that change of scale where their
+baselines lost 0.05 and 0.01 (README "Reading a comparison"). The first seed's models are timed side by side at batch 1 in their deploy form (PyTorch: fused +
 ``models.deploy.optimize_for_inference``, channels_last; ONNX Runtime, OpenVINO and OpenVINO INT8 on the graph
 export.py writes, each when installed), each model built ``--latency-builds`` times, all builds interleaved round by
 round. The INT8 model (NNCF, calibrated on --data train images as ``export.py --int8``) is also validated, so the
@@ -188,11 +190,11 @@ def train_all(jobs: list[tuple[str, int, Path]], options: argparse.Namespace, ru
 
 def validate(weights: Path, options: argparse.Namespace) -> tuple[dict, list]:
     """mAP of ``weights`` (a .pt file or an exported model) on the --data validation set, and the per-image matches
-    for the bootstrap."""
+    for the bootstrap. Batches are padded by ``--val-pad`` strides (0 by default: scored at --imgsz, as trained)."""
     from engine.evaluate.validate import validate_weights
 
     result = validate_weights(weights, options.data, options.imgsz, options.batch_size * 2, options.workers,
-                              progress=not options.quiet)
+                              progress=not options.quiet, pad=options.val_pad)
     return result.metrics, result.detection_metrics.image_stats()
 
 
@@ -465,6 +467,10 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="exp", help="runs/compare/<name>; rerun with the same name to resume")
     parser.add_argument("--no-train", action="store_true", help="compare given --weights or bare configs only")
     parser.add_argument("--weights", nargs="+", default=None, help="with --no-train: checkpoints to compare")
+    parser.add_argument("--val-pad", type=float, default=0.0,
+                        help="padding of the rectangular validation batches, in strides (val.py --pad). 0: every model "
+                        "is scored at --imgsz, the size it was trained at; val.py's 0.5 scores square images at "
+                        "--imgsz + one stride (96 -> 128), a change of scale that the comparison would then measure")
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--latency-warmup", type=int, default=3)
     parser.add_argument("--latency-builds", type=int, default=3,

@@ -18,7 +18,7 @@ from engine.cli import add_inference_arguments, add_output_arguments, increment_
 from engine.data.config import DatasetError, load_data_config
 from engine.data.loader import create_dataloader
 from engine.evaluate.coco import dataset_to_coco_gt, evaluate_coco, predictions_to_coco, save_json
-from engine.evaluate.validate import evaluate, log_speed, save_plots
+from engine.evaluate.validate import RECT_PAD, evaluate, log_speed, save_plots
 from engine.infer.detector import Detector, load_detector
 from engine.infer.results import write_yolo_labels
 from models.errors import UsageError
@@ -54,6 +54,7 @@ class ValOptions:
     half: bool
     noplots: bool
     progress: bool
+    pad: float
 
 
 def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | list[str | Path] = "",
@@ -61,11 +62,13 @@ def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | 
         max_det: int = 300, task: str = "val", device: str = "", workers: int = 8, single_cls: bool = False,
         augment: bool = False, verbose: bool = False, save_txt: bool = False, save_conf: bool = False,
         save_json: bool = False, project: str | Path = ROOT / "runs" / "val", name: str = "exp",
-        exist_ok: bool = False, half: bool = False, noplots: bool = False, progress: bool = True) -> dict:
+        exist_ok: bool = False, half: bool = False, noplots: bool = False, progress: bool = True,
+        pad: float = RECT_PAD) -> dict:
     """Validate ``weights`` on the ``task`` split of ``data``; the keyword arguments mirror the command line.
 
     Returns the metrics of ``engine.evaluate.validate.evaluate`` (precision, recall, map50, map, fitness, images,
-    instances, per_class) plus ``speed_ms``, ``shape``, ``save_dir``, ``weights`` and, with ``save_json``,
+    instances, per_class) plus ``speed_ms``, ``shape``, ``input_sizes`` (the (height, width) of the batches the model
+    really ran on: rectangular batches padded by ``pad`` strides), ``save_dir``, ``weights`` and, with ``save_json``,
     ``coco`` (pycocotools' map, map50, map75, stats) and ``predictions_json``. ``task="speed"`` measures
     latency only (conf 0.25, IoU 0.45, no run folder, no files) and returns ``speed_ms`` per weights file: one
     dict for one file, ``{"results": [...]}`` for several.
@@ -77,7 +80,7 @@ def run(data: str | Path = ROOT / "data" / "shapes.yaml", weights: str | Path | 
         raise UsageError("--weights: give a .pt checkpoint or an .onnx model")
     options = ValOptions(data, batch_size, imgsz, conf_thres, iou_thres, max_det, task, device, workers, single_cls,
                          augment, verbose, save_txt, save_conf, save_json, project, name, exist_ok, half, noplots,
-                         progress)
+                         progress, pad)
     if task != "speed":
         return _validate(weights_list, options)
     # Latency at the detection operating point; nothing but the speed is reported.
@@ -105,7 +108,7 @@ def _validate(weights: list[str | Path], options: ValOptions) -> dict:
     # Rectangular batches (less padding) unless the model takes one fixed shape; speed runs use square ones.
     rect = detector.fixed_shape is None and options.task != "speed"
     loader, dataset = create_dataloader(files, detector.imgsz, batch_size, detector.stride, rect=rect,
-                                        pad=0.5 if rect else 0.0, workers=options.workers,
+                                        pad=options.pad if rect else 0.0, workers=options.workers,
                                         single_cls=options.single_cls, prefix=f"{split}: ",
                                         num_classes=data_config["nc"])
 
@@ -119,6 +122,11 @@ def _validate(weights: list[str | Path], options: ValOptions) -> dict:
         outputs.category_ids = None if options.single_cls else data_config["category_ids"]
         ground_truth, outputs.image_ids = dataset_to_coco_gt(dataset, names, outputs.category_ids)
 
+    input_sizes = (sorted({(int(height), int(width)) for height, width in dataset.batch_shapes}) if rect
+                   else [tuple(detector.fixed_shape or (detector.imgsz, detector.imgsz))])
+    if options.task != "speed" and any(max(size) > detector.imgsz for size in input_sizes):
+        logger.info("Scored at %s: rectangular batches padded by %g strides (--pad 0 keeps --imgsz %d)",
+                    ", ".join(f"{height}x{width}" for height, width in input_sizes), options.pad, detector.imgsz)
     detector.warmup(loader.batch_size, tuple(int(side) for side in dataset.batch_shapes[0]) if rect else None)
     result = evaluate(detector, loader, len(names), names, detector.device, conf_thres=options.conf_thres,
                       iou_thres=options.iou_thres, max_det=options.max_det, single_cls=options.single_cls,
@@ -128,7 +136,7 @@ def _validate(weights: list[str | Path], options: ValOptions) -> dict:
                       on_batch=outputs.on_batch if plots else None)
     shape = (loader.batch_size, 3, detector.imgsz, detector.imgsz)
     summary = {"weights": [str(item) for item in weights], "save_dir": str(save_dir) if save_dir else None,
-               "speed_ms": result.speed_ms, "shape": shape, "imgsz": detector.imgsz}
+               "speed_ms": result.speed_ms, "shape": shape, "imgsz": detector.imgsz, "input_sizes": input_sizes}
     if options.task == "speed":
         logger.info("%s: %d images. %s", weights[0], result.metrics["images"], log_speed(result.speed_ms, shape))
         return {**summary, "images": result.metrics["images"]}
@@ -223,6 +231,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
                         "with pycocotools")
     add_output_arguments(parser, ROOT / "runs" / "val")
     parser.add_argument("--noplots", action="store_true", help="write no curves, confusion matrix or batch images")
+    parser.add_argument("--pad", type=float, default=RECT_PAD, help="rectangular batches: padding in strides "
+                        "(YOLOv5's 0.5 grows the input by up to a stride: at --imgsz 96 a square image is scored at "
+                        "128; 0 keeps --imgsz, the size a model was trained at)")
     return parser.parse_args(argv)
 
 

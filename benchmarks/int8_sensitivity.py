@@ -6,7 +6,8 @@
 Validates the fp32 model and the fully quantized one, then one INT8 model per listed layer (default: every layer of
 the neck and head, i.e. after the backbone) with that layer kept in float: the mAP a layer "recovers" is what its
 quantization costs. ``--keep`` also scores one model with all the given layers in float (a candidate for
-``export.py --int8-fp32-layers``). Every model is scored on the --data val split with val.py's settings. One
+``export.py --int8-fp32-layers``). Every model is scored on the --data val split with val.py's settings, but at
+--imgsz (``--val-pad 0``, as compare.py). One
 quantization per layer: a few seconds each for a yolov5n at 96 px on 2 cores.
 """
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", nargs="*", type=int, default=[], help="also score these layers in float together")
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--val-pad", type=float, default=0.0, help="padding of the validation batches in strides, as "
+                        "compare.py (0: scored at --imgsz, the size the model was trained at)")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = export_onnx(model, workdir / "model.onnx", imgsz=options.imgsz, dynamic=True)
 
     def score(weights: Path) -> float:
-        return validate_weights(weights, options.data, options.imgsz, options.batch_size).metrics["map"]
+        return validate_weights(weights, options.data, options.imgsz, options.batch_size,
+                                pad=options.val_pad).metrics["map"]
 
     def int8(name: str, fp32_layers: list[int]) -> float:
         return score(export_openvino(onnx_path, workdir / name, int8_calibration=calibration,

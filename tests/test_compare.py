@@ -10,6 +10,7 @@ import torch
 
 import compare
 from data.shapes import generate_dataset
+from helpers import random_stats
 from models.weights import build_checkpoint, save_checkpoint
 from models.yolo import DetectionModel
 
@@ -61,6 +62,7 @@ def test_given_weights_are_compared_with_bootstrap_intervals(tiny_data, tmp_path
     bootstrap = runs[1][0]["bootstrap"]["map"]
     assert bootstrap["low"] <= runs[1][0]["map"] <= bootstrap["high"] and bootstrap["samples"] == 50
     assert "1 seed: training-to-training variation not measured" in report["verdicts"][0]
+    assert compare.parse_options([]).val_pad == 0.0  # scored at --imgsz, the size the models were trained at
     builds = [config["latency_s_per_build_and_round"]["torch"] for config in report["configs"]]
     assert [len(b) for b in builds] == [3, 3] and all(len(rounds) == 3 for b in builds for rounds in b)
     assert "latency (torch)" in report["verdicts"][0] and "3 builds each" in report["verdicts"][0]
@@ -100,7 +102,6 @@ def test_trained_weights_against_untrained_are_called_higher(tmp_path):
 
 
 def test_a_clearly_better_model_is_called_higher():
-    from test_stats import random_stats
 
     from engine.evaluate.stats import RankedDetections
 

@@ -378,3 +378,17 @@ def test_onnx_validation_matches_pytorch(dataset_dir, checkpoint, onnx_models, t
     actual = _records_by_image(square["predictions_json"])
     for image_id, detections in pytorch_square.items():
         assert_detections_close(detections, actual.get(image_id, np.zeros((0, 6))))
+
+
+def test_pad_sets_the_size_the_model_is_scored_at(dataset_dir, checkpoint, tmp_path, caplog):
+    """YOLOv5's pad of 0.5 strides scores square images at --imgsz + one stride; --pad 0 keeps --imgsz."""
+    with caplog.at_level(logging.INFO):
+        padded = _val(dataset_dir, checkpoint, tmp_path, noplots=True)
+    assert padded["input_sizes"] == [(IMGSZ + 32, IMGSZ + 32)]
+    assert f"Scored at {IMGSZ + 32}x{IMGSZ + 32}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        exact = _val(dataset_dir, checkpoint, tmp_path, noplots=True, pad=0.0)
+    assert exact["input_sizes"] == [(IMGSZ, IMGSZ)] and "Scored at" not in caplog.text
+    assert val.parse_options(["--weights", "a.pt", "--pad", "0"]).pad == 0.0
+    assert val.parse_options(["--weights", "a.pt"]).pad == 0.5

@@ -18,6 +18,10 @@ from engine.torch_utils import synchronize
 
 logger = logging.getLogger(__name__)
 
+# YOLOv5's padding of rectangular validation batches, in strides: each side is rounded up after adding half a stride,
+# so a square image at --imgsz 640 is scored at 672, and at --imgsz 96 at 128 (a third larger than in training).
+RECT_PAD = 0.5
+
 # Called per image with (path, original shape (h0, w0), detections scaled to the original image (n, 6)).
 ImageCallback = Callable[[str, tuple[int, int], torch.Tensor], None]
 # Called per batch with (batch index, images (B, 3, H, W) float in [0, 1], targets (M, 6) [image, cls, cx, cy, w, h]
@@ -124,9 +128,10 @@ def save_plots(result: ValidationResult, save_dir: Path, names: list[str]) -> No
 
 
 def validate_weights(weights: str | Path, data_yaml: str | Path, imgsz: int, batch_size: int = 32, workers: int = 0,
-                     progress: bool = False) -> ValidationResult:
+                     progress: bool = False, pad: float = RECT_PAD) -> ValidationResult:
     """Score a .pt checkpoint or any exported model (``engine.infer.detector.load_detector``) on a dataset YAML's val
-    split on the CPU, with val.py's settings (rectangular batches, pad 0.5, conf 0.001, NMS IoU 0.6)."""
+    split on the CPU, with val.py's settings (rectangular batches padded by ``pad`` strides, conf 0.001, NMS IoU
+    0.6)."""
     from engine.data.config import load_data_config
     from engine.data.loader import create_dataloader
     from engine.infer.detector import load_detector
@@ -138,6 +143,6 @@ def validate_weights(weights: str | Path, data_yaml: str | Path, imgsz: int, bat
         raise UsageError(f"{weights} predicts {detector.num_classes} classes but {data_yaml} has {data['nc']}")
     rect = detector.fixed_shape is None
     loader, _ = create_dataloader(data["val"], detector.imgsz, batch_size, detector.stride, rect=rect,
-                                  pad=0.5 if rect else 0.0, workers=workers, num_classes=data["nc"], prefix="val: ")
+                                  pad=pad if rect else 0.0, workers=workers, num_classes=data["nc"], prefix="val: ")
     return evaluate(detector, loader, detector.num_classes, detector.names, torch.device("cpu"), progress=progress,
                     desc=Path(weights).name)

@@ -25,7 +25,7 @@ from engine.cli import check_imgsz, increment_path
 from engine.data.augment import multi_scale
 from engine.data.config import load_data_config
 from engine.data.loader import create_dataloader, image_weights
-from engine.evaluate.validate import evaluate, save_plots
+from engine.evaluate.validate import RECT_PAD, evaluate, save_plots
 from engine.torch_utils import distributed_info, init_distributed, rank_zero_first, seed_everything, select_device
 from engine.train.autoanchor import check_anchor_order, check_anchors
 from engine.train.ema import ModelEMA
@@ -265,7 +265,7 @@ class Trainer:
         if self.is_main:
             val_loader, _ = create_dataloader(
                 self.data["val"], self.imgsz, per_rank_batch * 2, self.grid_size, hyp=self.hyp, augment=False,
-                cache=options.cache, rect=True, pad=0.5, rank=-1, workers=options.workers,
+                cache=options.cache, rect=True, pad=RECT_PAD, rank=-1, workers=options.workers,
                 single_cls=options.single_cls, prefix="val: ", num_classes=self.data["nc"])
         return train_loader, train_set, val_loader
 
